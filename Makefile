@@ -1,0 +1,54 @@
+# fashion-mnist-lightning. `make help` lists the targets; `make train` and `make test` do all set-up themselves.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+DATA_DIR ?= data
+DATA := $(DATA_DIR)/fashion-mnist-uint8.pt
+CONFIG ?= configs/default.yaml
+ARGS ?=
+PORT ?= 6006
+
+.DEFAULT_GOAL := help
+.PHONY: help install data train test tensorboard lint clean
+
+help: ## list the targets, one line each
+	@grep -E '^[a-z][a-z-]*:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+$(INSTALLED): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $@
+
+install: $(INSTALLED) ## create .venv and install the project editable with the dev extra (once)
+
+$(DATA): | $(INSTALLED)
+	@if ! $(PY) -m fashion_mnist_lightning.data --data_dir $(DATA_DIR) --check; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "No Fashion-MNIST found: installing Debian's dataset-fashion-mnist"; \
+	    apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; \
+	  fi; \
+	fi
+	$(PY) -m fashion_mnist_lightning.data --data_dir $(DATA_DIR)
+
+data: $(DATA) ## find, verify and cache Fashion-MNIST (installs the Debian package as root if missing)
+
+train: $(INSTALLED) $(DATA) ## fit CONFIG (default configs/default.yaml), then test the best checkpoint; ARGS="..." adds flags
+	$(BIN)/fashion-mnist fit --config $(CONFIG) $(ARGS)
+
+test: $(INSTALLED) $(DATA) ## run the test suite (pytest)
+	$(PY) -m pytest
+
+tensorboard: $(INSTALLED) ## serve lightning_logs/ on localhost (PORT=6006) and print the URL
+	@echo "TensorBoard: http://localhost:$(PORT)"
+	$(BIN)/tensorboard --logdir lightning_logs --host localhost --port $(PORT)
+
+lint: $(INSTALLED) ## ruff check of src, tests and benchmarks
+	$(BIN)/ruff check src tests benchmarks
+
+clean: ## remove caches and build files (keeps .venv, data/ and lightning_logs/)
+	rm -rf .pytest_cache .ruff_cache build dist src/*.egg-info
+	find . -name __pycache__ -type d -not -path './.venv/*' -prune -exec rm -rf {} +
