@@ -37,7 +37,7 @@ $(DATA): | $(INSTALLED)
 data: $(DATA) ## find, verify and cache Fashion-MNIST (installs the Debian package as root if missing)
 
 train: $(INSTALLED) $(DATA) ## fit CONFIG (default configs/default.yaml), then test the best checkpoint; ARGS="..." adds flags
-	$(BIN)/fashion-mnist fit --config $(CONFIG) $(ARGS)
+	$(BIN)/fashion-mnist fit --config $(CONFIG) --test_after_fit true $(ARGS)
 
 test: $(INSTALLED) $(DATA) ## run the test suite (pytest)
 	$(PY) -m pytest

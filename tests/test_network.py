@@ -1,0 +1,40 @@
+"""The networks keep the forward contract: raw [0, 1] images (N, 1, 28, 28) in, logits (N, 10) out."""
+
+import pytest
+import torch
+
+from fashion_mnist_lightning.network import TRAIN_MEAN, TRAIN_STD, SeedCNN, VGGNet
+
+
+@pytest.mark.parametrize("network", [SeedCNN(), VGGNet(width=8)], ids=["seed", "vgg"])
+def test_forward_contract(network):
+    images = torch.rand(5, 1, 28, 28)
+    logits = network.eval()(images)
+    assert logits.shape == (5, 10) and logits.dtype == torch.float32 and torch.isfinite(logits).all()
+
+
+def test_seed_cnn_matches_the_article_layer_for_layer():
+    net = SeedCNN()
+    shapes = {name: tuple(p.shape) for name, p in net.named_parameters()}
+    assert shapes == {
+        "conv1.weight": (6, 1, 5, 5), "conv1.bias": (6,),
+        "conv2.weight": (12, 6, 5, 5), "conv2.bias": (12,),
+        "fc1.weight": (120, 192), "fc1.bias": (120,),
+        "fc2.weight": (60, 120), "fc2.bias": (60,),
+        "out.weight": (10, 60), "out.bias": (10,),
+    }
+
+
+def test_normalisation_lives_in_the_state_dict():
+    state = SeedCNN().state_dict()
+    assert state["normalize.mean"].item() == pytest.approx(TRAIN_MEAN)
+    assert state["normalize.std"].item() == pytest.approx(TRAIN_STD)
+
+
+def test_normalisation_is_applied_inside_forward():
+    net = SeedCNN().eval()
+    images = torch.rand(3, 1, 28, 28)
+    manual = net.out(torch.relu(net.fc2(torch.relu(net.fc1(
+        torch.max_pool2d(torch.relu(net.conv2(torch.max_pool2d(torch.relu(net.conv1(
+            (images - TRAIN_MEAN) / TRAIN_STD)), 2))), 2).flatten(1))))))
+    torch.testing.assert_close(net(images), manual)
