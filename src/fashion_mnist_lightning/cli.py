@@ -60,8 +60,15 @@ def run_lightning_cli(args: list[str] | None = None) -> FashionMNISTCLI:
     )
 
 
+TOOLS = {"crosscheck": "fashion_mnist_lightning.crosscheck"}  # commands beside LightningCLI's subcommands
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in TOOLS:
+        from importlib import import_module
+
+        return import_module(TOOLS[argv[0]]).main(argv[1:])
     try:
         run_lightning_cli(argv)
     except DataError as err:

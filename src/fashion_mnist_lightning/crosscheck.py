@@ -1,0 +1,90 @@
+"""`fashion-mnist crosscheck`: the NumPy reference CNN against the torch model on the 10k test images."""
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fashion_mnist_lightning import reference
+from fashion_mnist_lightning.data import DataError, load_cache, prepare
+from fashion_mnist_lightning.network import SeedCNN
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used, stated in one line with its fix."""
+
+
+def seed_cnn_state(ckpt_path: str | Path) -> dict[str, torch.Tensor]:
+    """The SeedCNN state_dict inside a Lightning checkpoint (keys without the 'network.' prefix)."""
+    path = Path(ckpt_path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist; pass the path of a .ckpt file "
+                              "(lightning_logs/version_N/checkpoints/)")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        state = checkpoint["state_dict"]
+    except Exception as err:  # noqa: BLE001 - any unreadable file gets the same one-line answer
+        raise CheckpointError(f"{path} is not a readable Lightning checkpoint ({type(err).__name__}); "
+                              "pass a .ckpt written by `fashion-mnist fit`") from err
+    network = {k.removeprefix("network."): v for k, v in state.items() if k.startswith("network.")}
+    expected = {k: tuple(v.shape) for k, v in SeedCNN().state_dict().items()}
+    if {k: tuple(v.shape) for k, v in network.items()} != expected:
+        raise CheckpointError(f"{path} does not hold a SeedCNN (the NumPy reference re-implements that network "
+                              "only); pass a checkpoint trained with configs/default.yaml or seed.yaml")
+    return network
+
+
+def crosscheck(state: dict[str, torch.Tensor], images: torch.Tensor, labels: torch.Tensor) -> dict:
+    """Logits of torch and of the NumPy reference on the same images, compared."""
+    network = SeedCNN()
+    network.load_state_dict(state)
+    x = images.unsqueeze(1).float().div(255)  # (N, 1, 28, 28) float in [0, 1]
+    with torch.inference_mode():
+        torch_logits = torch.cat([network.eval()(batch) for batch in x.split(1000)]).numpy()
+    params = {k: v.numpy() for k, v in state.items()}
+    start = time.perf_counter()
+    numpy_logits = reference.cnn_forward(params, x.numpy())
+    numpy_seconds = time.perf_counter() - start
+    y = labels.numpy()
+    return {
+        "images": len(y),
+        "max_abs_logit_diff": float(np.abs(torch_logits - numpy_logits).max()),
+        "argmax_agreement": float((torch_logits.argmax(1) == numpy_logits.argmax(1)).mean()),
+        "torch_accuracy": float((torch_logits.argmax(1) == y).mean()),
+        "numpy_accuracy": float((numpy_logits.argmax(1) == y).mean()),
+        "numpy_forward_seconds": numpy_seconds,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="fashion-mnist crosscheck",
+                                     description="Run the NumPy reference CNN and the torch model on the 10k "
+                                                 "test images; exit 1 when they disagree beyond tolerance.")
+    parser.add_argument("--ckpt_path", required=True, help="a SeedCNN checkpoint (.ckpt)")
+    parser.add_argument("--data_dir", default="data")
+    parser.add_argument("--tolerance", type=float, default=1e-4, help="largest allowed |logit difference|")
+    args = parser.parse_args(argv)
+    try:
+        state = seed_cnn_state(args.ckpt_path)
+        prepare(args.data_dir, download=False)
+        arrays = load_cache(args.data_dir)
+    except (CheckpointError, DataError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    result = crosscheck(state, arrays["test_images"], arrays["test_labels"])
+    print(f"images:               {result['images']}")
+    print(f"max |logit diff|:     {result['max_abs_logit_diff']:.3e}   (tolerance {args.tolerance:g})")
+    print(f"argmax agreement:     {100 * result['argmax_agreement']:.2f} %")
+    print(f"torch accuracy:       {100 * result['torch_accuracy']:.2f} %")
+    print(f"NumPy accuracy:       {100 * result['numpy_accuracy']:.2f} %")
+    print(f"NumPy forward time:   {result['numpy_forward_seconds']:.2f} s")
+    agree = result["max_abs_logit_diff"] <= args.tolerance and result["argmax_agreement"] >= 0.999
+    print("crosscheck: PASS" if agree else "crosscheck: FAIL - the NumPy reference and torch disagree")
+    return 0 if agree else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
