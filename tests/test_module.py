@@ -34,7 +34,8 @@ def test_overfits_one_batch():
 def test_accuracy_and_confusion_equal_a_manual_count():
     generator = torch.Generator().manual_seed(1)
     labels = torch.randint(0, 10, (200,), generator=generator)
-    preds = torch.where(torch.rand(200, generator=generator) < 0.7, labels, torch.randint(0, 10, (200,), generator=generator))
+    wrong = torch.randint(0, 10, (200,), generator=generator)
+    preds = torch.where(torch.rand(200, generator=generator) < 0.7, labels, wrong)
     images = torch.zeros(200, 1, 28, 28)
     images.view(200, -1)[torch.arange(200), preds] = 1.0  # logits = first ten pixels -> argmax = preds
     model = FashionMNISTClassifier(network=FirstTenPixels())
