@@ -10,9 +10,11 @@ DATA := $(DATA_DIR)/fashion-mnist-uint8.pt
 CONFIG ?= configs/default.yaml
 ARGS ?=
 PORT ?= 6006
+# newest best checkpoint, for crosscheck
+CKPT ?= $(shell ls -t lightning_logs/version_*/checkpoints/epoch*.ckpt 2>/dev/null | head -n 1)
 
 .DEFAULT_GOAL := help
-.PHONY: help install data train test tensorboard lint clean
+.PHONY: help install data train test tensorboard lint clean bench crosscheck reference-demo
 
 help: ## list the targets, one line each
 	@grep -E '^[a-z][a-z-]*:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -45,6 +47,16 @@ test: $(INSTALLED) $(DATA) ## run the test suite (pytest)
 tensorboard: $(INSTALLED) ## serve lightning_logs/ on localhost (PORT=6006) and print the URL
 	@echo "TensorBoard: http://localhost:$(PORT)"
 	$(BIN)/tensorboard --logdir lightning_logs --host localhost --port $(PORT)
+
+bench: $(INSTALLED) $(DATA) ## time template vs raw loop vs seed loop vs peer path, interleaved -> benchmarks/results/
+	$(PY) benchmarks/bench.py --make-train
+
+crosscheck: $(INSTALLED) $(DATA) ## NumPy reference vs torch on the 10k test images (CKPT=..., default: newest best)
+	@if [ -z "$(CKPT)" ]; then echo "error: no checkpoint found; run make train first or pass CKPT=path.ckpt" >&2; exit 2; fi
+	$(BIN)/fashion-mnist crosscheck --ckpt_path $(CKPT) --data_dir $(DATA_DIR)
+
+reference-demo: $(INSTALLED) ## train the book's toy network by hand-written backprop (NumPy)
+	$(PY) -m fashion_mnist_lightning.reference
 
 lint: $(INSTALLED) ## ruff check of src, tests and benchmarks
 	$(BIN)/ruff check src tests benchmarks

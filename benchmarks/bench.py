@@ -1,0 +1,211 @@
+#!/usr/bin/env python3
+"""`make bench`: one training epoch of the seed CNN through four paths, interleaved, in ONE run.
+
+  (a) template  - `fashion-mnist fit --config configs/default.yaml`, default callbacks, logger, progress bar on
+  (b) raw       - ../shared/anchors/raw_loop.py: a hand-written in-memory loop
+  (c) seed      - ../shared/anchors/seed_loop.py: the seed article's loop (torchvision + ToTensor + DataLoader)
+  (d) peer      - benchmarks/peer_path.py: the same LightningModule fed the usual way (torchvision + ToTensor)
+
+Each repetition runs every path once, in turn, for 2 epochs; the second (steady-state) epoch is the figure.
+Also: the data loader alone, time to the first training step, predict throughput and peak memory, the
+NumPy reference's forward over the 10k test images, and a cProfile summary of the template's epoch.
+Writes benchmarks/results/bench.json and bench.md. Fails only on errors, never on a ratio.
+  python benchmarks/bench.py [--reps 3] [--batch-size 256] [--make-train]
+"""
+
+import argparse
+import json
+import os
+import platform
+import pstats
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "benchmarks"
+RESULTS = BENCH / "results"
+ANCHORS = Path(os.environ.get("ANCHORS_DIR", ROOT.parent / "shared" / "anchors"))
+PY = sys.executable
+
+
+def run(cmd: list[str], env_extra: dict | None = None, log: Path | None = None) -> tuple[str, float, int]:
+    """Run a command; return (stdout, wall seconds, peak RSS in MiB of that process)."""
+    env = {**os.environ, "PYTHONPATH": f"{BENCH}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+           **(env_extra or {})}
+    out = tempfile.TemporaryFile()
+    err = open(log, "ab") if log else subprocess.DEVNULL
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env, cwd=ROOT)
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.perf_counter() - start
+    out.seek(0)
+    stdout = out.read().decode()
+    if proc.returncode != 0:
+        raise SystemExit(f"benchmark step failed (exit {proc.returncode}): {' '.join(cmd)}; see {log}")
+    return stdout, wall, usage.ru_maxrss // 1024
+
+
+def records(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def raw_data_dir() -> Path:
+    sys.path.insert(0, str(ROOT / "src"))
+    from fashion_mnist_lightning.data import candidate_dirs, find_raw
+
+    for folder in candidate_dirs(ROOT / "data"):
+        if find_raw(folder):
+            return folder
+    raise SystemExit("no raw Fashion-MNIST IDX files found; run `make data` first")
+
+
+def template_cmd(logs: Path, *extra: str) -> list[str]:
+    return [PY, "-m", "fashion_mnist_lightning.cli", "fit", "--config", "configs/default.yaml",
+            f"--trainer.logger.init_args.save_dir={logs}", "--trainer.callbacks+=timing.BenchTimer", *extra]
+
+
+def epoch_paths(args, data_dir: Path, logs: Path, log: Path) -> dict[str, list[float]]:
+    times = {"template": [], "raw": [], "seed": [], "peer": []}
+    bs = str(args.batch_size)
+    for rep in range(args.reps):
+        for name in times:
+            out_file = Path(tempfile.mktemp(suffix=".jsonl"))
+            env = {"BENCH_OUT": str(out_file)}
+            if name == "template":
+                run(template_cmd(logs, "--trainer.max_epochs=2", f"--data.batch_size={bs}"), env, log)
+                epochs = [r["epoch_s"] for r in records(out_file) if "epoch_s" in r]
+            elif name == "peer":
+                run([PY, str(BENCH / "peer_path.py"), "--data-dir", str(data_dir), "--epochs", "2",
+                     "--batch-size", bs, "--log-dir", str(logs)], env, log)
+                epochs = [r["epoch_s"] for r in records(out_file) if "epoch_s" in r]
+            else:
+                stdout, _, _ = run([PY, str(ANCHORS / f"{name}_loop.py"), "--data-dir", str(data_dir),
+                                    "--epochs", "2", "--batch-size", bs], None, log)
+                epochs = json.loads(stdout.strip().splitlines()[-1])["epoch_s"]
+            times[name].append(epochs[-1])
+            print(f"rep {rep + 1}/{args.reps} {name:9s} epoch {epochs[-1]:.2f} s", flush=True)
+    return times
+
+
+def loader_epoch(batch_size: int) -> float:
+    code = ("import time; from fashion_mnist_lightning.data import FashionMNISTDataModule as D\n"
+            f"dm = D(batch_size={batch_size}); dm.prepare_data(); dm.setup('fit'); dl = dm.train_dataloader()\n"
+            "best = min(((lambda t: ([None for _ in dl], time.perf_counter() - t)[1])(time.perf_counter()))"
+            " for _ in range(5)); print(best)")
+    return float(run([PY, "-c", code])[0].strip())
+
+
+def first_step_and_predict(logs: Path, log: Path) -> dict:
+    out_file = Path(tempfile.mktemp(suffix=".jsonl"))
+    env = {"BENCH_OUT": str(out_file), "BENCH_T0": str(time.time())}
+    run(template_cmd(logs, "--trainer.max_epochs=1", "--trainer.limit_train_batches=5",
+                     "--trainer.limit_val_batches=1"), env, log)
+    first = next(r["first_step_s"] for r in records(out_file) if "first_step_s" in r)
+    ckpt = sorted(logs.glob("lightning_logs/version_*/checkpoints/last.ckpt"))[-1]
+    predict_out = Path(tempfile.mktemp(suffix=".jsonl"))
+    _, predict_wall, predict_rss = run(
+        [PY, "-m", "fashion_mnist_lightning.cli", "predict", "--config", "configs/default.yaml",
+         f"--ckpt_path={ckpt}", f"--trainer.logger.init_args.save_dir={logs}",
+         "--trainer.callbacks+=timing.BenchTimer"], {"BENCH_OUT": str(predict_out)}, log)
+    predicted = next(r for r in records(predict_out) if "images_per_s" in r)
+    return {"first_step_s": first, "predict_images_per_s": predicted["images_per_s"],
+            "predict_images": predicted["predict_images"], "predict_wall_s": predict_wall,
+            "predict_max_rss_mib": predict_rss, "ckpt": str(ckpt)}
+
+
+def reference_forward(ckpt: str) -> float:
+    stdout, _, _ = run([PY, "-m", "fashion_mnist_lightning.cli", "crosscheck", "--ckpt_path", ckpt])
+    line = next(line for line in stdout.splitlines() if line.startswith("NumPy forward time"))
+    return float(line.split(":")[1].split()[0])
+
+
+def profile(logs: Path, log: Path) -> str:
+    prof = RESULTS / "template_epoch.prof"
+    run([PY, "-m", "cProfile", "-o", str(prof), "-m", "fashion_mnist_lightning.cli", "fit", "--config",
+         "configs/default.yaml", f"--trainer.logger.init_args.save_dir={logs}", "--trainer.max_epochs=1",
+         "--trainer.limit_val_batches=0"], None, log)
+    summary = RESULTS / "profile.txt"
+    with open(summary, "w") as f:
+        f.write("cProfile of `fashion-mnist fit --config configs/default.yaml --trainer.max_epochs=1 "
+                "--trainer.limit_val_batches=0` (imports and set-up included)\n\n")
+        stats = pstats.Stats(str(prof), stream=f).strip_dirs()
+        stats.sort_stats("tottime").print_stats(20)
+    return summary.read_text()
+
+
+def make_train() -> dict:
+    _, wall, rss = run(["make", "train", "ARGS=--trainer.enable_progress_bar=false"], None, RESULTS / "make_train.log")
+    text = (RESULTS / "make_train.log").read_text()
+    return {"make_train_wall_s": wall, "make_train_max_rss_mib": rss,
+            "make_train_summary": [line for line in text.splitlines() if line.startswith("test accuracy")]}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--batch-size", type=int, default=256, help="the default config's batch size")
+    p.add_argument("--make-train", action="store_true", help="also time a full `make train` (about 80 s)")
+    args = p.parse_args()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    log = RESULTS / "bench.log"
+    log.write_text("")
+    data_dir = raw_data_dir()
+    logs = Path(tempfile.mkdtemp(prefix="bench-logs-"))
+
+    times = epoch_paths(args, data_dir, logs, log)
+    summary = {name: {"median_s": statistics.median(v), "min_s": min(v), "all_s": v} for name, v in times.items()}
+    template = summary["template"]["median_s"]
+    result = {
+        "date": date.today().isoformat(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.processor() or 'cpu'}, "
+                   f"Python {platform.python_version()}",
+        "batch_size": args.batch_size, "reps": args.reps, "epochs": summary,
+        "ratios": {"template_over_raw": template / summary["raw"]["median_s"],
+                   "seed_over_template": summary["seed"]["median_s"] / template,
+                   "peer_over_template": summary["peer"]["median_s"] / template},
+        "loader_epoch_s_batch100": loader_epoch(100),
+        **first_step_and_predict(logs, log),
+    }
+    result["numpy_reference_forward_10k_s"] = reference_forward(result.pop("ckpt"))
+    if args.make_train:
+        result.update(make_train())
+    profile(logs, log)
+    (RESULTS / "bench.json").write_text(json.dumps(result, indent=2) + "\n")
+    (RESULTS / "bench.md").write_text(markdown(result))
+    print(markdown(result))
+
+
+def markdown(r: dict) -> str:
+    e, q = r["epochs"], r["ratios"]
+    rows = [
+        ("(a) template: `fashion-mnist fit`, default callbacks, logger, progress bar", "template"),
+        ("(b) hand-written in-memory loop (anchors/raw_loop.py)", "raw"),
+        ("(c) the seed article's loop (anchors/seed_loop.py)", "seed"),
+        ("(d) same LightningModule, torchvision + ToTensor + DataLoader", "peer"),
+    ]
+    lines = [f"Benchmark of {r['date']} on {r['machine']}; batch {r['batch_size']}, {r['reps']} interleaved "
+             "repetitions, second epoch of each run (`make bench`).", "",
+             "| path | epoch median (s) | epoch min (s) |", "|---|---|---|"]
+    lines += [f"| {label} | {e[k]['median_s']:.2f} | {e[k]['min_s']:.2f} |" for label, k in rows]
+    lines += ["", f"- template / raw loop: **{q['template_over_raw']:.2f}x** (target <= 1.15x)",
+              f"- seed loop / template: **{q['seed_over_template']:.2f}x** faster (target >= 1.5x)",
+              f"- peer path / template: **{q['peer_over_template']:.2f}x** faster (target >= 2.5x)",
+              f"- data loader alone, one epoch of 55k images at batch 100: {r['loader_epoch_s_batch100']:.3f} s",
+              f"- time to first training step (imports + set-up): {r['first_step_s']:.1f} s",
+              f"- predict: {r['predict_images_per_s']:,.0f} images/s over {r['predict_images']} images; "
+              f"peak RSS {r['predict_max_rss_mib']} MiB",
+              f"- NumPy reference CNN forward over the 10k test images: {r['numpy_reference_forward_10k_s']:.2f} s"]
+    if "make_train_wall_s" in r:
+        lines.append(f"- `make train`: {r['make_train_wall_s']:.0f} s wall, peak RSS {r['make_train_max_rss_mib']} MiB"
+                     f"; {' '.join(r['make_train_summary'])}")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
