@@ -9,6 +9,8 @@ DATA_DIR ?= data
 DATA := $(DATA_DIR)/fashion-mnist-uint8.pt
 CONFIG ?= configs/default.yaml
 ARGS ?=
+RESUME ?=
+RESUME_ARGS := $(if $(RESUME),--ckpt_path last,)
 PORT ?= 6006
 # newest best checkpoint, for crosscheck
 CKPT ?= $(shell ls -t lightning_logs/version_*/checkpoints/epoch*.ckpt 2>/dev/null | head -n 1)
@@ -38,8 +40,8 @@ $(DATA): | $(INSTALLED)
 
 data: $(DATA) ## find, verify and cache Fashion-MNIST (installs the Debian package as root if missing)
 
-train: $(INSTALLED) $(DATA) ## fit CONFIG (default configs/default.yaml), then test the best checkpoint; ARGS="..." adds flags
-	$(BIN)/fashion-mnist fit --config $(CONFIG) --test_after_fit true $(ARGS)
+train: $(INSTALLED) $(DATA) ## fit CONFIG (default configs/default.yaml), test the best checkpoint; ARGS="..." adds flags, RESUME=1 resumes
+	$(BIN)/fashion-mnist fit --config $(CONFIG) --test_after_fit true $(RESUME_ARGS) $(ARGS)
 
 test: $(INSTALLED) $(DATA) ## run the test suite (pytest)
 	$(PY) -m pytest

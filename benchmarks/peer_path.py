@@ -21,11 +21,10 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torchvision import transforms
 
 sys.path.insert(0, str(Path(__file__).parent))
-from timing import BenchTimer  # noqa: E402
-
 from fashion_mnist_lightning.callbacks import ConfusionMatrixLogger  # noqa: E402
 from fashion_mnist_lightning.data import IDX_SHA256, find_raw  # noqa: E402
 from fashion_mnist_lightning.module import FashionMNISTClassifier  # noqa: E402
+from timing import BenchTimer  # noqa: E402
 
 
 def torchvision_root(data_dir: Path) -> Path:

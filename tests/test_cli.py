@@ -87,3 +87,35 @@ def test_progress_bar_flag_works_with_every_config(run_dir):
                                  str(config), "--trainer.enable_progress_bar=false", "--print_config"],
                                 capture_output=True, text=True)
         assert result.returncode == 0, f"{config.name}: {result.stderr[-500:]}"
+
+
+def last_weights(version: Path) -> dict:
+    return torch.load(version / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+
+
+def test_resume_last_continues_the_same_run_bit_identically(run_dir, tmp_path, monkeypatch, real_data_dir):
+    straight = fit_fast(run_dir, "--trainer.max_epochs=2")
+    monkeypatch.chdir(tmp_path / "..")
+    resumed_dir = tmp_path / "resumed"
+    resumed_dir.mkdir()
+    monkeypatch.chdir(resumed_dir)
+    run_dir.path = resumed_dir
+    first = fit_fast(run_dir, "--trainer.max_epochs=1")
+    again = fit_fast(run_dir, "--trainer.max_epochs=2", "--ckpt_path=last")
+    assert first == again and [p.name for p in (resumed_dir / "lightning_logs").iterdir()] == ["version_0"]
+    assert torch.load(again / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 1
+    a, b = last_weights(straight), last_weights(again)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_last_with_nothing_to_resume_is_an_error(run_dir, capsys):
+    assert run_dir("fit", "--config", FAST, "--ckpt_path=last") == 2
+    assert "no lightning_logs/version_*/checkpoints/last.ckpt to resume" in capsys.readouterr().err
+
+
+def test_device_resident_data_path(run_dir):
+    assert run_dir("fit", "--config", FAST, "--trainer.fast_dev_run=true", "--data.data_on_device=true") == 0
+
+
+def test_compile_switch(run_dir):
+    assert run_dir("fit", "--config", FAST, "--trainer.fast_dev_run=true", "--model.compile=true") == 0

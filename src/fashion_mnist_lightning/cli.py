@@ -10,12 +10,43 @@ from fashion_mnist_lightning.data import DataError, FashionMNISTDataModule
 from fashion_mnist_lightning.module import FashionMNISTClassifier
 
 
+class ResumeError(RuntimeError):
+    """Nothing to resume, stated in one line with its fix."""
+
+
 class FashionMNISTCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_argument("--test_after_fit", type=bool, default=False,
                             help="fit only: then test the best checkpoint and print where the results are")
         parser.add_argument("--progress_refresh_rate", type=int, default=50,
                             help="steps between progress-bar updates (a refresh per step costs more than a step)")
+
+    def before_instantiate_classes(self) -> None:
+        if self.subcommand == "fit" and self.config.fit.get("ckpt_path") == "last":
+            self._resume_latest_run(self.config.fit)
+
+    @staticmethod
+    def _resume_latest_run(config) -> None:
+        """`--ckpt_path last`: continue the newest run's last.ckpt *in its own version folder*.
+
+        Stock Lightning looks for last.ckpt in the new run's (empty) folder, finds nothing and silently starts
+        over. Here "last" means lightning_logs/version_N/checkpoints/last.ckpt of the highest N that has one,
+        and the logger is pointed at version_N so the TensorBoard run continues.
+        """
+        logger = config.trainer.logger
+        init = logger.init_args if logger is not None and hasattr(logger, "init_args") else None
+        if init is None or not hasattr(init, "version"):
+            raise ResumeError("--ckpt_path last needs the TensorBoardLogger of the configs (trainer.logger); "
+                              "pass the checkpoint's path instead")
+        runs = Path(init.save_dir) / (init.name or "")
+        candidates = sorted(runs.glob("version_*/checkpoints/last.ckpt"),
+                            key=lambda p: int(p.parts[-3].removeprefix("version_")))
+        if not candidates:
+            raise ResumeError(f"--ckpt_path last: no {runs}/version_*/checkpoints/last.ckpt to resume; "
+                              "drop --ckpt_path to start a new run")
+        config.ckpt_path = str(candidates[-1])
+        init.version = int(candidates[-1].parts[-3].removeprefix("version_"))
+        print(f"resuming {config.ckpt_path} in {runs / f'version_{init.version}'}", flush=True)
 
     def _instantiate_trainer(self, config: dict, callbacks: list):
         """Add a progress bar with a sane refresh rate unless the user disabled it or brought their own.
@@ -71,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         return import_module(TOOLS[argv[0]]).main(argv[1:])
     try:
         run_lightning_cli(argv)
-    except DataError as err:
+    except (DataError, ResumeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -251,8 +251,13 @@ class ImageBatches(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.images[i].unsqueeze(0), self.labels[i]  # (1, 28, 28) uint8, () int64
 
+    def to(self, device: torch.device | str) -> "ImageBatches":
+        """Move the whole data set to ``device`` once (uint8: 4x less memory and bandwidth than float)."""
+        self.images, self.labels = self.images.to(device), self.labels.to(device)
+        return self
+
     def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        index = torch.as_tensor(indices)
+        index = torch.as_tensor(indices, device=self.labels.device)
         return self.images[index].unsqueeze(1), self.labels[index]  # (B, 1, 28, 28) uint8, (B,) int64
 
 
@@ -294,12 +299,15 @@ class FashionMNISTDataModule(L.LightningDataModule):
         seed: int = 42,  # fixes the train/val split and the shuffle order of every epoch
         download: bool = True,  # allow torchvision's download when no local copy is found
         num_workers: int = 0,  # the data set is one in-memory tensor; workers only add overhead
+        data_on_device: bool = False,  # keep the whole uint8 data set on the training device (GPU) and batch
+        # there: no host-to-device copy per step
     ):
         super().__init__()
         self.save_hyperparameters()
         self.data_dir = Path(data_dir)
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.val_size, self.seed, self.download, self.num_workers = val_size, seed, download, num_workers
+        self.data_on_device = data_on_device
         self.class_names = CLASS_NAMES
 
     def prepare_data(self) -> None:
@@ -314,6 +322,10 @@ class FashionMNISTDataModule(L.LightningDataModule):
         self.train_set = ImageBatches(images[train_idx], labels[train_idx])
         self.val_set = ImageBatches(images[val_idx], labels[val_idx])
         self.test_set = ImageBatches(arrays["test_images"], arrays["test_labels"])
+        if self.data_on_device and self.trainer is not None:
+            device = self.trainer.strategy.root_device
+            for dataset in (self.train_set, self.val_set, self.test_set):
+                dataset.to(device)
 
     def train_dataloader(self) -> DataLoader:
         sampler = EpochShuffle(len(self.train_set), self.seed)
@@ -329,8 +341,9 @@ class FashionMNISTDataModule(L.LightningDataModule):
         return self._loader(self.test_set, self.eval_batch_size)
 
     def _loader(self, dataset: Dataset, batch_size: int, sampler: Sampler | None = None) -> DataLoader:
+        workers = 0 if self.data_on_device else self.num_workers  # worker processes cannot share GPU tensors
         return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=keep_batch,
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+                          num_workers=workers, persistent_workers=workers > 0)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         images, labels = batch
