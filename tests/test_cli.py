@@ -95,7 +95,6 @@ def last_weights(version: Path) -> dict:
 
 def test_resume_last_continues_the_same_run_bit_identically(run_dir, tmp_path, monkeypatch, real_data_dir):
     straight = fit_fast(run_dir, "--trainer.max_epochs=2")
-    monkeypatch.chdir(tmp_path / "..")
     resumed_dir = tmp_path / "resumed"
     resumed_dir.mkdir()
     monkeypatch.chdir(resumed_dir)
