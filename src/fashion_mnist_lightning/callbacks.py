@@ -60,11 +60,11 @@ class ConfusionMatrixLogger(Callback):
         out_dir = Path(trainer.log_dir or trainer.default_root_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         np.savetxt(out_dir / "confusion_matrix_test.csv", matrix, fmt="%d", delimiter=",")
-        for normalize, name in ((False, "confusion_matrix_test.png"), (True, "confusion_matrix_test_normalized.png")):
-            title = f"test ({int(matrix.sum())} images){', row-normalised' if normalize else ''}"
-            fig = confusion_figure(matrix, pl_module.class_names, normalize=normalize, title=title)
-            fig.savefig(out_dir / name, dpi=110)
+        title = f"test ({int(matrix.sum())} images)"
+        normalized = confusion_figure(matrix, pl_module.class_names, normalize=True, title=f"{title}, row-normalised")
+        normalized.savefig(out_dir / "confusion_matrix_test_normalized.png", dpi=110)
+        counts = confusion_figure(matrix, pl_module.class_names, title=title)
+        counts.savefig(out_dir / "confusion_matrix_test.png", dpi=110)
         writer = tensorboard(trainer)
-        if writer is not None:
-            fig = confusion_figure(matrix, pl_module.class_names, title="test")
-            writer.add_figure("test/confusion_matrix", fig, global_step=trainer.global_step, close=True)
+        if writer is not None:  # the same counts figure, not a second rendering of it
+            writer.add_figure("test/confusion_matrix", counts, global_step=trainer.global_step, close=True)
