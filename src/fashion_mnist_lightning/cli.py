@@ -39,13 +39,13 @@ class FashionMNISTCLI(LightningCLI):
             raise ResumeError("--ckpt_path last needs the TensorBoardLogger of the configs (trainer.logger); "
                               "pass the checkpoint's path instead")
         runs = Path(init.save_dir) / (init.name or "")
-        candidates = sorted(runs.glob("version_*/checkpoints/last.ckpt"),
-                            key=lambda p: int(p.parts[-3].removeprefix("version_")))
-        if not candidates:
+        by_version = {int(p.parts[-3].removeprefix("version_")): p
+                      for p in runs.glob("version_*/checkpoints/last.ckpt")}
+        if not by_version:
             raise ResumeError(f"--ckpt_path last: no {runs}/version_*/checkpoints/last.ckpt to resume; "
                               "drop --ckpt_path to start a new run")
-        config.ckpt_path = str(candidates[-1])
-        init.version = int(candidates[-1].parts[-3].removeprefix("version_"))
+        init.version = max(by_version)
+        config.ckpt_path = str(by_version[init.version])
         print(f"resuming {config.ckpt_path} in {runs / f'version_{init.version}'}", flush=True)
 
     def _instantiate_trainer(self, config: dict, callbacks: list):
@@ -65,15 +65,16 @@ class FashionMNISTCLI(LightningCLI):
         best = self.trainer.checkpoint_callback.best_model_path if self.trainer.checkpoint_callback else ""
         results = self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None, verbose=False)
         if self.trainer.is_global_zero:
-            print_summary(self.trainer, results[0] if results else {}, best)
+            images = int(self.model.test_confusion.compute().sum())  # honest under --trainer.limit_test_batches
+            print_summary(self.trainer, results[0] if results else {}, best, images)
 
 
-def print_summary(trainer, metrics: dict, best: str) -> None:
+def print_summary(trainer, metrics: dict, best: str, images: int) -> None:
     run_dir = Path(trainer.log_dir or ".")
     lines = [
         "",
         f"test accuracy: {100 * float(metrics.get('test/acc', float('nan'))):.2f} % "
-        f"(test loss {float(metrics.get('test/loss', float('nan'))):.4f}) on the 10,000 test images",
+        f"(test loss {float(metrics.get('test/loss', float('nan'))):.4f}) on {images:,} test images",
         f"best checkpoint: {best or '(none saved)'}",
         f"run folder (TensorBoard: make tensorboard): {run_dir}",
         f"confusion matrices: {run_dir / 'confusion_matrix_test.png'}, "
