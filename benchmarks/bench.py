@@ -96,10 +96,20 @@ def epoch_paths(args, data_dir: Path, logs: Path, log: Path) -> dict[str, list[f
 
 
 def loader_epoch(batch_size: int) -> float:
-    code = ("import time; from fashion_mnist_lightning.data import FashionMNISTDataModule as D\n"
-            f"dm = D(batch_size={batch_size}); dm.prepare_data(); dm.setup('fit'); dl = dm.train_dataloader()\n"
-            "best = min(((lambda t: ([None for _ in dl], time.perf_counter() - t)[1])(time.perf_counter()))"
-            " for _ in range(5)); print(best)")
+    code = f"""
+import time
+from fashion_mnist_lightning.data import FashionMNISTDataModule
+dm = FashionMNISTDataModule(batch_size={batch_size})
+dm.prepare_data()
+dm.setup("fit")
+seconds = []
+for _ in range(5):
+    start = time.perf_counter()
+    for batch in dm.train_dataloader():
+        pass
+    seconds.append(time.perf_counter() - start)
+print(min(seconds))
+"""
     return float(run([PY, "-c", code])[0].strip())
 
 
