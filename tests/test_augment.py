@@ -1,0 +1,59 @@
+"""The batched augmentation: what it may do to an image, and that it only runs while training."""
+
+import torch
+import torch.nn.functional as F
+
+from fashion_mnist_lightning.augment import augment_batch, random_crop, random_hflip
+from fashion_mnist_lightning.data import FashionMNISTDataModule
+
+
+def shifts(image: torch.Tensor, padding: int) -> list[torch.Tensor]:
+    """Every crop of the zero-padded image: what RandomCrop(28, padding) can return. image (1, 28, 28)."""
+    padded = F.pad(image, (padding,) * 4)
+    size = image.shape[-1]
+    return [padded[:, dy:dy + size, dx:dx + size] for dy in range(2 * padding + 1) for dx in range(2 * padding + 1)]
+
+
+def test_random_crop_is_a_shift_with_zero_fill():
+    torch.manual_seed(0)
+    images = torch.rand(32, 1, 28, 28)
+    cropped = random_crop(images, padding=2)
+    assert cropped.shape == images.shape
+    for image, out in zip(images, cropped):
+        assert any(torch.equal(out, candidate) for candidate in shifts(image, 2))
+    assert not torch.equal(cropped, images)  # 32 images, 25 shifts each: some move
+    assert torch.equal(random_crop(images, padding=0), images)
+
+
+def test_random_hflip_mirrors_some_images_and_keeps_the_rest():
+    torch.manual_seed(0)
+    images = torch.rand(64, 1, 28, 28)
+    flipped = random_hflip(images, p=0.5)
+    mirrored = [torch.equal(o, i.flip(-1)) for i, o in zip(images, flipped)]
+    kept = [torch.equal(o, i) for i, o in zip(images, flipped)]
+    assert all(m or k for m, k in zip(mirrored, kept)) and 10 < sum(mirrored) < 54
+
+
+def test_same_seed_same_augmentation():
+    images = torch.rand(16, 1, 28, 28)
+    torch.manual_seed(7)
+    a = augment_batch(images, 2, True)
+    torch.manual_seed(7)
+    assert torch.equal(a, augment_batch(images, 2, True))
+
+
+def test_augmentation_runs_only_while_training():
+    datamodule = FashionMNISTDataModule(crop_padding=2, hflip=True)
+    images = torch.randint(0, 256, (8, 1, 28, 28), dtype=torch.uint8)
+    labels = torch.arange(8)
+
+    class Trainer:  # the one attribute the hook reads
+        training = False
+
+    datamodule.trainer = Trainer()
+    out, _ = datamodule.on_after_batch_transfer((images, labels), 0)
+    assert torch.equal(out, images.float() / 255)
+    Trainer.training = True
+    torch.manual_seed(0)
+    out, _ = datamodule.on_after_batch_transfer((images, labels), 0)
+    assert not torch.equal(out, images.float() / 255) and out.min() >= 0 and out.max() <= 1
