@@ -16,7 +16,7 @@ PORT ?= 6006
 CKPT ?= $(shell ls -t lightning_logs/version_*/checkpoints/epoch*.ckpt 2>/dev/null | head -n 1)
 
 .DEFAULT_GOAL := help
-.PHONY: help install data train test tensorboard lint clean bench crosscheck reference-demo
+.PHONY: help install data train test tensorboard lint clean bench crosscheck reference-demo predict export
 
 help: ## list the targets, one line each
 	@grep -E '^[a-z][a-z-]*:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -56,6 +56,18 @@ bench: $(INSTALLED) $(DATA) ## time template vs raw loop vs seed loop vs peer pa
 crosscheck: $(INSTALLED) $(DATA) ## NumPy reference vs torch on the 10k test images (CKPT=..., default: newest best)
 	@if [ -z "$(CKPT)" ]; then echo "error: no checkpoint found; run make train first or pass CKPT=path.ckpt" >&2; exit 2; fi
 	$(BIN)/fashion-mnist crosscheck --ckpt_path $(CKPT) --data_dir $(DATA_DIR)
+
+# predict and export use the checkpoint's own run config (version_N/config.yaml) when there is one
+RUN_CONFIG = $(or $(wildcard $(dir $(CKPT))../config.yaml),$(CONFIG))
+FORMAT ?= onnx
+
+predict: $(INSTALLED) $(DATA) ## predict IMAGES=folder (default: the test set) with CKPT (default: newest best) -> CSV
+	@if [ -z "$(CKPT)" ]; then echo "error: no checkpoint found; run make train first or pass CKPT=path.ckpt" >&2; exit 2; fi
+	$(BIN)/fashion-mnist predict --config $(RUN_CONFIG) --ckpt_path $(CKPT) $(if $(IMAGES),--data.predict_dir $(IMAGES),) $(ARGS)
+
+export: $(INSTALLED) ## export CKPT (default: newest best) as FORMAT=onnx|torchscript|state_dict|safetensors
+	@if [ -z "$(CKPT)" ]; then echo "error: no checkpoint found; run make train first or pass CKPT=path.ckpt" >&2; exit 2; fi
+	$(BIN)/fashion-mnist export --ckpt_path $(CKPT) --format $(FORMAT) $(ARGS)
 
 reference-demo: $(INSTALLED) ## train the book's toy network by hand-written backprop (NumPy)
 	$(PY) -m fashion_mnist_lightning.reference

@@ -145,6 +145,37 @@ def test_shuffle_depends_only_on_seed_and_epoch():
     assert list(a) == first
 
 
+def batches(sampler: data.EpochShuffle, size: int) -> list[list[int]]:
+    order = list(sampler)
+    return [order[i:i + size] for i in range(0, len(order), size)]
+
+
+def test_two_process_shards_make_up_the_one_process_batches():
+    """DDP: at every step the two processes' batches together are the one-process batch of twice the size."""
+    single = batches(data.EpochShuffle(1000, seed=3, batch_size=64), 64)
+    ranks = [batches(data.EpochShuffle(1000, seed=3, batch_size=32, replicas=2, rank=r), 32) for r in (0, 1)]
+    assert len(ranks[0]) == len(ranks[1]) == len(single)
+    for step, whole in enumerate(single):
+        assert sorted(ranks[0][step] + ranks[1][step]) == sorted(whole)
+        assert not set(ranks[0][step]) & set(ranks[1][step])
+
+
+def test_uneven_size_is_padded_so_every_process_gets_the_same_count():
+    shards = [list(data.EpochShuffle(1001, seed=0, batch_size=10, replicas=2, rank=r)) for r in (0, 1)]
+    assert len(shards[0]) == len(shards[1]) == 501 and set(shards[0]) | set(shards[1]) == set(range(1001))
+
+
+def test_resume_at_skips_what_was_done_in_that_epoch_only():
+    sampler = data.EpochShuffle(100, seed=1, batch_size=10)
+    sampler.set_epoch(2)
+    full = list(sampler)
+    sampler.resume_at(epoch=2, done=30)
+    assert list(sampler) == full[30:]
+    assert list(sampler) == full  # once only
+    sampler.resume_at(epoch=1, done=30)
+    assert list(sampler) == full  # another epoch: nothing skipped
+
+
 def test_batches_shapes_dtypes_and_range(synthetic_dir):
     dm = make_datamodule(synthetic_dir)
     images, labels = next(iter(dm.train_dataloader()))

@@ -54,10 +54,10 @@ class ConfusionMatrixLogger(Callback):
             writer.add_figure("val/confusion_matrix", fig, global_step=trainer.global_step, close=True)
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        matrix = pl_module.test_confusion.compute().cpu().numpy()
+        matrix = pl_module.test_confusion.compute().cpu().numpy()  # every rank: compute() syncs under DDP
+        out_dir = Path(trainer.log_dir or trainer.default_root_dir)  # every rank: log_dir is a broadcast
         if not trainer.is_global_zero:
             return
-        out_dir = Path(trainer.log_dir or trainer.default_root_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         np.savetxt(out_dir / "confusion_matrix_test.csv", matrix, fmt="%d", delimiter=",")
         title = f"test ({int(matrix.sum())} images)"

@@ -9,31 +9,19 @@ import numpy as np
 import torch
 
 from fashion_mnist_lightning import reference
+from fashion_mnist_lightning.checkpoint_io import CheckpointError, read_checkpoint
 from fashion_mnist_lightning.data import DataError, load_cache, prepare
 from fashion_mnist_lightning.network import SeedCNN
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be used, stated in one line with its fix."""
-
-
 def seed_cnn_state(ckpt_path: str | Path) -> dict[str, torch.Tensor]:
     """The SeedCNN state_dict inside a Lightning checkpoint (keys without the 'network.' prefix)."""
-    path = Path(ckpt_path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist; pass the path of a .ckpt file "
-                              "(lightning_logs/version_N/checkpoints/)")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        state = checkpoint["state_dict"]
-    except Exception as err:  # noqa: BLE001 - any unreadable file gets the same one-line answer
-        raise CheckpointError(f"{path} is not a readable Lightning checkpoint ({type(err).__name__}); "
-                              "pass a .ckpt written by `fashion-mnist fit`") from err
+    state = read_checkpoint(ckpt_path)["state_dict"]
     network = {k.removeprefix("network."): v for k, v in state.items() if k.startswith("network.")}
     expected = {k: tuple(v.shape) for k, v in SeedCNN().state_dict().items()}
     if {k: tuple(v.shape) for k, v in network.items()} != expected:
-        raise CheckpointError(f"{path} does not hold a SeedCNN (the NumPy reference re-implements that network "
-                              "only); pass a checkpoint trained with configs/default.yaml or seed.yaml")
+        raise CheckpointError(f"{ckpt_path} does not hold a SeedCNN (the NumPy reference re-implements that "
+                              "network only); pass a checkpoint trained with configs/default.yaml or seed.yaml")
     return network
 
 

@@ -21,7 +21,10 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+
+from fashion_mnist_lightning.augment import augment_batch
+from fashion_mnist_lightning.images import read_folder
 
 CLASS_NAMES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -266,21 +269,48 @@ def keep_batch(batch):
     return batch
 
 
-class EpochShuffle(Sampler[int]):
-    """A random order of range(size) that depends only on (seed, epoch); Lightning calls set_epoch."""
+class EpochShuffle(DistributedSampler):
+    """This process's share of a random order of range(size) that depends only on (seed, epoch).
 
-    def __init__(self, size: int, seed: int):
-        self.size, self.seed, self.epoch = size, seed, 0
+    With ``replicas`` processes (DDP), global step t covers order[t*B*R : (t+1)*B*R] and process ``rank``
+    takes the rank-th block of B = ``batch_size`` of it: together the processes see exactly the batches one
+    process with batch B*R sees, each image once per epoch (the last, partial step is split evenly; a size
+    not divisible by R is padded by repeating the first images). With R = 1 this is plain ``randperm``.
+    A DistributedSampler subclass, so Lightning uses it as is instead of wrapping it in its own.
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    ``resume_at(epoch, done)`` skips the first ``done`` of this process's indices in that epoch once: what
+    a mid-epoch checkpoint needs to continue from the exact batch where it stopped.
+    """
+
+    def __init__(self, size: int, seed: int, batch_size: int = 1, replicas: int = 1, rank: int = 0):
+        super().__init__(range(size), num_replicas=replicas, rank=rank, shuffle=True, seed=seed)
+        self.size, self.batch_size = size, batch_size
+        self.resume: tuple[int, int] | None = None  # (epoch, indices already done)
+
+    def resume_at(self, epoch: int, done: int) -> None:
+        self.resume = (epoch, done)
 
     def __len__(self) -> int:
-        return self.size
+        return -(-self.size // self.num_replicas)  # ceil: the padded share
+
+    def indices(self) -> torch.Tensor:
+        """All of this process's indices for the current epoch, in order. (len(self),) int64."""
+        order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed + self.epoch))
+        replicas, step = self.num_replicas, self.batch_size * self.num_replicas
+        order = torch.cat([order, order[: len(self) * replicas - self.size]])  # pad to a multiple of R
+        full = len(order) // step * step
+        head = order[:full].view(-1, replicas, self.batch_size)[:, self.rank]  # (steps, B)
+        tail = order[full:].view(replicas, -1)[self.rank]  # (rest / R,)
+        return torch.cat([head.reshape(-1), tail])
 
     def __iter__(self):
-        generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        return iter(torch.randperm(self.size, generator=generator).tolist())
+        mine = self.indices()
+        if self.resume is not None:
+            epoch, done = self.resume
+            self.resume = None
+            if epoch == self.epoch:
+                mine = mine[done:]
+        return iter(mine.tolist())
 
 
 class FashionMNISTDataModule(L.LightningDataModule):
@@ -301,6 +331,9 @@ class FashionMNISTDataModule(L.LightningDataModule):
         num_workers: int = 0,  # the data set is one in-memory tensor; workers only add overhead
         data_on_device: bool = False,  # keep the whole uint8 data set on the training device (GPU) and batch
         # there: no host-to-device copy per step
+        crop_padding: int = 0,  # training only: shift each image by up to this many pixels (random crop), 0 = off
+        hflip: bool = False,  # training only: mirror each image left-right with probability 0.5
+        predict_dir: str | None = None,  # predict: a folder of image files (PNG, JPEG, ...); None = the test set
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -308,12 +341,19 @@ class FashionMNISTDataModule(L.LightningDataModule):
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.val_size, self.seed, self.download, self.num_workers = val_size, seed, download, num_workers
         self.data_on_device = data_on_device
+        self.crop_padding, self.hflip = crop_padding, hflip
+        self._resume_position: tuple[int, int] | None = None  # (epoch, samples done) from a checkpoint
+        self.predict_dir = predict_dir
+        self.predict_names: list[str] = []  # one per predicted image, in order
+        self.predict_skipped: dict[str, str] = {}  # file name -> why it could not be read
         self.class_names = CLASS_NAMES
 
     def prepare_data(self) -> None:
         prepare(self.data_dir, self.download)
 
     def setup(self, stage: str | None = None) -> None:
+        if stage == "predict" and self.predict_dir is not None:
+            self._setup_predict_folder(Path(self.predict_dir))
         if hasattr(self, "test_set"):
             return
         arrays = load_cache(self.data_dir)
@@ -328,7 +368,12 @@ class FashionMNISTDataModule(L.LightningDataModule):
                 dataset.to(device)
 
     def train_dataloader(self) -> DataLoader:
-        sampler = EpochShuffle(len(self.train_set), self.seed)
+        trainer = self.trainer
+        replicas, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        sampler = EpochShuffle(len(self.train_set), self.seed, self.batch_size, replicas, rank)
+        if self._resume_position is not None:
+            sampler.resume_at(*self._resume_position)
+            self._resume_position = None
         return self._loader(self.train_set, self.batch_size, sampler=sampler)
 
     def val_dataloader(self) -> DataLoader:
@@ -338,16 +383,48 @@ class FashionMNISTDataModule(L.LightningDataModule):
         return self._loader(self.test_set, self.eval_batch_size)
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, self.eval_batch_size)
+        if self.predict_dir is None:
+            self.predict_names = [f"test[{i}]" for i in range(len(self.test_set))]
+        return self._loader(getattr(self, "predict_set", self.test_set), self.eval_batch_size)
+
+    def _setup_predict_folder(self, folder: Path) -> None:
+        if not folder.is_dir():
+            raise DataError(f"--data.predict_dir {folder} is not a folder; pass a folder of image files")
+        self.predict_names, images, self.predict_skipped = read_folder(folder)
+        for name, why in self.predict_skipped.items():
+            print(f"skipped {folder / name}: {why}", file=sys.stderr)
+        if not self.predict_names:
+            raise DataError(f"no readable image files in {folder}; pass a folder of PNG or JPEG files")
+        unknown = torch.full((len(images),), -1)  # no labels for the user's images
+        self.predict_set = ImageBatches(images, unknown)
 
     def _loader(self, dataset: Dataset, batch_size: int, sampler: Sampler | None = None) -> DataLoader:
         workers = 0 if self.data_on_device else self.num_workers  # worker processes cannot share GPU tensors
+        # its own generator: creating an iterator must not draw from the global RNG (exact resume)
         return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=keep_batch,
-                          num_workers=workers, persistent_workers=workers > 0)
+                          num_workers=workers, persistent_workers=workers > 0,
+                          generator=torch.Generator().manual_seed(self.seed))
+
+    # ------------------------------------------------------------------------------------------------
+    # checkpoint state: the position inside the training epoch, for an exact mid-epoch resume
+
+    def state_dict(self) -> dict:
+        trainer = self.trainer
+        if trainer is None or not trainer.training:
+            return {}
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed  # batches of this epoch
+        return {"epoch": trainer.current_epoch, "samples_done": done * self.batch_size}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state:
+            self._resume_position = (state["epoch"], state["samples_done"])
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         images, labels = batch
-        return images.float().div_(255), labels  # (B, 1, 28, 28) float in [0, 1], (B,) int64
+        images = images.float().div_(255)  # (B, 1, 28, 28) float in [0, 1]; labels (B,) int64
+        if self.trainer is not None and self.trainer.training and (self.crop_padding or self.hflip):
+            images = augment_batch(images, self.crop_padding, self.hflip)
+        return images, labels
 
 
 def main(argv: list[str] | None = None) -> int:

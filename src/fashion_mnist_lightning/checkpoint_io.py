@@ -1,0 +1,99 @@
+"""Checkpoints that are never half-written: temporary file in the same folder, fsync, rename over the old one.
+
+A kill -9 or a power cut at any moment leaves either the previous complete checkpoint or the new complete
+one. (Lightning's own writer goes through an fsspec transaction whose temporary file may live on another
+file system and is not fsynced.) The template's CLI installs this plugin unless the config brings its own
+CheckpointIO; in Python: ``Trainer(plugins=[AtomicCheckpointIO()])``.
+"""
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+TMP_PREFIX = ".tmp-"  # partial files of an interrupted save: hidden, and swept up by the next save
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{TMP_PREFIX}{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)  # atomic on POSIX: readers see the old file or the new one
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    sync_folder(path.parent)  # make the rename itself durable
+
+
+def sync_folder(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # e.g. a platform without directory file descriptors
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def sweep_partial_files(folder: Path, name: str) -> None:
+    """Remove temporary files a killed writer of ``name`` left behind."""
+    for stale in folder.glob(f"{TMP_PREFIX}{name}.*"):
+        stale.unlink(missing_ok=True)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        if storage_options is not None:
+            raise TypeError("AtomicCheckpointIO takes no storage_options")
+        sweep_partial_files(Path(path).parent, Path(path).name)
+        atomic_torch_save(checkpoint, path)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Reading: weights_only, with one-line errors
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used, stated in one line with its fix."""
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """A Lightning checkpoint loaded with ``weights_only=True`` (no code runs while loading)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist; pass the path of a .ckpt file "
+                              "(lightning_logs/version_N/checkpoints/) or --ckpt_path last")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unreadable file gets the same one-line answer
+        raise CheckpointError(f"{path} is not a readable checkpoint ({type(err).__name__}: "
+                              f"{str(err).splitlines()[0][:120] if str(err) else 'no detail'}); "
+                              "pass a .ckpt written by `fashion-mnist fit`") from err
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
+        raise CheckpointError(f"{path} holds no Lightning state_dict; pass a .ckpt written by `fashion-mnist fit`")
+    return checkpoint
+
+
+def check_matches(path: str | os.PathLike, state: dict[str, torch.Tensor], model: torch.nn.Module) -> None:
+    """Fail in one line when a checkpoint's weights do not fit ``model`` (another network or width)."""
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    found = {k: tuple(v.shape) for k, v in state.items() if torch.is_tensor(v)}
+    if found == expected:
+        return
+    missing, unexpected = sorted(expected.keys() - found.keys()), sorted(found.keys() - expected.keys())
+    reshaped = sorted(k for k in expected.keys() & found.keys() if expected[k] != found[k])
+    detail = "; ".join(f"{what}: {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
+                       for what, keys in (("missing", missing), ("unexpected", unexpected), ("other shape", reshaped))
+                       if keys)
+    config = Path(path).resolve().parent.parent / "config.yaml"
+    fix = f"--config {config}" if config.is_file() else "the config it was trained with"
+    raise CheckpointError(f"{path} holds a different network than the config's {type(model).__name__} "
+                          f"({detail}); pass {fix}")

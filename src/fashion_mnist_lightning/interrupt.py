@@ -1,0 +1,75 @@
+"""Ctrl-C (SIGINT) or a scheduler's SIGTERM: finish the current batch, checkpoint the exact position, stop.
+
+The signal handler only sets a flag; the checkpoint is written at the next batch boundary, so it holds a
+consistent state (weights, optimizer, scheduler, loop counters, RNG states, the position in the epoch).
+It goes to the run's ``checkpoints/last.ckpt``, which ``--ckpt_path last`` resumes. A second signal stops
+at once without a checkpoint. The CLI adds this callback to every ``fit``; the exit code is 128 + signal.
+"""
+
+import signal
+import threading
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class TrainingInterrupted(Exception):
+    """Raised after the interrupt checkpoint is written; carries the signal for the exit code."""
+
+    def __init__(self, signum: int, path: Path, position: str):
+        self.signum, self.path = signum, path
+        super().__init__(f"{signal.Signals(signum).name} received: saved {position} to {path}; continue exactly "
+                         "there with the same command plus --ckpt_path last (make train RESUME=1)")
+
+
+class CheckpointOnSignal(Callback):
+    def __init__(self):
+        self.received: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.received = None
+        if threading.current_thread() is threading.main_thread():  # Python only delivers signals there
+            self._previous = {signum: signal.signal(signum, self._on_signal) for signum in SIGNALS}
+
+    def _on_signal(self, signum: int, frame) -> None:
+        if self.received is not None:  # asked twice: stop now
+            self._restore_handlers()
+            raise KeyboardInterrupt
+        self.received = signum
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int):
+        if self.received is not None:
+            self._checkpoint_and_stop(trainer, f"epoch {trainer.current_epoch} after batch {batch_idx + 1}")
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._restore_handlers()
+        if self.received is not None:  # arrived during the last validation: the run is complete
+            self._checkpoint_and_stop(trainer, "the end of training")
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self._restore_handlers()
+
+    def _restore_handlers(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
+
+    def _checkpoint_and_stop(self, trainer: L.Trainer, position: str) -> None:
+        signum, self.received = self.received, None
+        path = last_checkpoint_path(trainer)
+        trainer.save_checkpoint(path)
+        raise TrainingInterrupted(signum, path, position)
+
+
+def last_checkpoint_path(trainer: L.Trainer) -> Path:
+    """Where ``--ckpt_path last`` looks: the ModelCheckpoint's last.ckpt, else the run folder's checkpoints/."""
+    callback = trainer.checkpoint_callback
+    if isinstance(callback, ModelCheckpoint) and callback.dirpath:
+        path = callback.format_checkpoint_name({}, callback.CHECKPOINT_NAME_LAST)
+        callback.last_model_path = path  # saved in the state: the resumed run's ModelCheckpoint then overwrites
+        return Path(path)  # this file instead of writing last-v1.ckpt beside it
+    return Path(trainer.log_dir or trainer.default_root_dir) / "checkpoints" / "last.ckpt"
