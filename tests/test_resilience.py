@@ -226,6 +226,7 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(run_d
 
 
 def test_unwritable_data_dir_through_the_cli_is_one_line(tmp_path, capsys, synthetic_dir, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(data, "SYSTEM_DATA_DIR", synthetic_dir)  # the raw files are found there ...
     blocker = tmp_path / "a-file"
     blocker.write_text("x")  # ... but the cache cannot be written below a file, not even by root
