@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from fashion_mnist_lightning import data
+from fashion_mnist_lightning.cli import main
 
 REAL_DATA_DIR = Path(__file__).resolve().parents[1] / "data"
 
@@ -55,3 +56,15 @@ def real_data_dir() -> Path:
             pytest.fail(f"real Fashion-MNIST is required in CI: {err}")
         pytest.skip(f"real Fashion-MNIST not present ({err}); run `make data`")
     return REAL_DATA_DIR
+
+
+@pytest.fixture
+def run_dir(tmp_path, monkeypatch, real_data_dir):
+    """Run the CLI inside tmp_path so lightning_logs/ lands there; return a function that runs it."""
+    monkeypatch.chdir(tmp_path)
+
+    def run(*args: str) -> int:
+        return main([*args, "--trainer.enable_progress_bar=false", f"--data.data_dir={real_data_dir}"])
+
+    run.path = tmp_path
+    return run

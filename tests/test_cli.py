@@ -4,29 +4,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import torch
 from lightning import Trainer
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from fashion_mnist_lightning.cli import main
 from fashion_mnist_lightning.data import FashionMNISTDataModule
 from fashion_mnist_lightning.module import FashionMNISTClassifier
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = str(ROOT / "configs" / "fast.yaml")
-
-
-@pytest.fixture
-def run_dir(tmp_path, monkeypatch, real_data_dir):
-    """Run the CLI inside tmp_path so lightning_logs/ lands there; return a function that runs it."""
-    monkeypatch.chdir(tmp_path)
-
-    def run(*args: str) -> int:
-        return main([*args, "--trainer.enable_progress_bar=false", f"--data.data_dir={real_data_dir}"])
-
-    run.path = tmp_path
-    return run
 
 
 def fit_fast(run, *extra) -> Path:

@@ -22,17 +22,6 @@ FAST = str(ROOT / "configs" / "fast.yaml")
 RANDOM = ("--trainer.max_epochs=2", "--data.crop_padding=2", "--data.hflip=true")  # augmentation draws RNG
 
 
-@pytest.fixture
-def run_dir(tmp_path, monkeypatch, real_data_dir):
-    monkeypatch.chdir(tmp_path)
-
-    def run(*args: str) -> int:
-        return main([*args, "--trainer.enable_progress_bar=false", f"--data.data_dir={real_data_dir}"])
-
-    run.path = tmp_path
-    return run
-
-
 def final_weights(folder: Path) -> dict:
     versions = sorted((folder / "lightning_logs").glob("version_*"))
     return torch.load(versions[-1] / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
