@@ -12,10 +12,8 @@ Nothing here ever deletes or rewrites a file it did not create.
 import argparse
 import gzip
 import hashlib
-import os
 import struct
 import sys
-import tempfile
 import zlib
 from pathlib import Path
 
@@ -24,6 +22,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from fashion_mnist_lightning.augment import augment_batch
+from fashion_mnist_lightning.checkpoint_io import atomic_torch_save
 from fashion_mnist_lightning.images import read_folder
 
 CLASS_NAMES = (
@@ -194,22 +193,12 @@ def read_cache(path: Path) -> dict | None:
 
 
 def write_cache(path: Path, arrays: dict) -> None:
-    """Write atomically: a temporary file in the same folder, fsynced, then renamed over the old cache."""
+    """Write atomically (checkpoint_io.atomic_torch_save): a reader sees the old cache or the new one."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        atomic_torch_save({"format": CACHE_FORMAT, **arrays}, path)
     except OSError as err:
         raise DataError(f"cannot write the data cache in {path.parent} ({err.strerror}); "
                         "pass a writable folder with --data.data_dir") from err
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save({"format": CACHE_FORMAT, **arrays}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def prepare(data_dir: str | Path, download: bool = True) -> Path:

@@ -17,7 +17,7 @@ OBJECT_THRESHOLD = 0.1  # a pixel above this fraction of the brightest one belon
 
 
 def to_grey(image: Image.Image) -> Image.Image:
-    """Grey ('L'); transparent pixels become the background colour of the opaque ones' border."""
+    """Grey ('L'); transparent pixels become white (then count as a light background)."""
     if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))

@@ -19,7 +19,7 @@ class PredictionCSV(BasePredictionWriter):
         self.output = output
 
     def write_on_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, predictions, batch_indices):
-        probabilities = torch.cat([p for p in predictions]).float()  # (N, 10), in file order
+        probabilities = torch.cat(predictions).float()  # (N, 10), in file order
         datamodule = trainer.datamodule
         path = Path(self.output or Path(trainer.log_dir or ".") / "predictions.csv")
         write_csv(path, datamodule.predict_names, probabilities, pl_module.class_names, datamodule.predict_skipped)
