@@ -184,8 +184,10 @@ def main(argv: list[str] | None = None) -> int:
         from importlib import import_module
 
         return import_module(TOOLS[words[0]]).main(words[1:])
+    finished = False
     try:
         run_lightning_cli(argv)  # None: LightningCLI reads sys.argv itself
+        finished = True
     except (ConfigError, DataError, ResumeError, CheckpointError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -195,7 +197,24 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingInterrupted as err:
         print(f"stopped: {err}", file=sys.stderr)
         return 128 + err.signum
+    finally:
+        leave_process_group(finished)
     return 0
+
+
+def leave_process_group(finished: bool) -> None:
+    """Shut DDP's process group down before the interpreter exits.
+
+    Lightning leaves it open; gloo's worker threads then die in static destructors and the process can abort
+    ("terminate called without an active exception", exit -6) after a run that succeeded. The barrier makes
+    sure no rank is still inside a collective; after an error the peers may be gone, so no barrier then.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        if finished:
+            dist.barrier()
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
