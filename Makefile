@@ -16,7 +16,7 @@ PORT ?= 6006
 CKPT ?= $(shell ls -t lightning_logs/version_*/checkpoints/epoch*.ckpt 2>/dev/null | head -n 1)
 
 .DEFAULT_GOAL := help
-.PHONY: help install data train test tensorboard lint clean bench crosscheck reference-demo predict export
+.PHONY: help install data train test tensorboard lint clean bench crosscheck reference-demo predict export report
 
 help: ## list the targets, one line each
 	@grep -E '^[a-z][a-z-]*:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -68,6 +68,10 @@ predict: $(INSTALLED) $(DATA) ## predict IMAGES=folder (default: the test set) w
 export: $(INSTALLED) ## export CKPT (default: newest best) as FORMAT=onnx|torchscript|state_dict|safetensors
 	@if [ -z "$(CKPT)" ]; then echo "error: no checkpoint found; run make train first or pass CKPT=path.ckpt" >&2; exit 2; fi
 	$(BIN)/fashion-mnist export --ckpt_path $(CKPT) --format $(FORMAT) $(ARGS)
+
+report: $(INSTALLED) $(DATA) ## curves, confusion matrices, per-class table, confident mistakes -> <run>/report/ (CKPT=...)
+	@if [ -z "$(CKPT)" ]; then echo "error: no checkpoint found; run make train first or pass CKPT=path.ckpt" >&2; exit 2; fi
+	$(BIN)/fashion-mnist report --ckpt_path $(CKPT) --data_dir $(DATA_DIR)
 
 reference-demo: $(INSTALLED) ## train the book's toy network by hand-written backprop (NumPy)
 	$(PY) -m fashion_mnist_lightning.reference

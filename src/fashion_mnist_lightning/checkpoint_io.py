@@ -8,6 +8,7 @@ CheckpointIO; in Python: ``Trainer(plugins=[AtomicCheckpointIO()])``.
 
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -97,3 +98,19 @@ def check_matches(path: str | os.PathLike, state: dict[str, torch.Tensor], model
     fix = f"--config {config}" if config.is_file() else "the config it was trained with"
     raise CheckpointError(f"{path} holds a different network than the config's {type(model).__name__} "
                           f"({detail}); pass {fix}")
+
+
+def load_classifier(path: str | os.PathLike):
+    """The checkpoint's FashionMNISTClassifier, float32, in eval mode, on the CPU, rebuilt from the hparams the
+    CLI saved (network class and all). One-line CheckpointError for a missing, corrupt or mismatched file."""
+    from fashion_mnist_lightning.module import FashionMNISTClassifier
+
+    checkpoint = read_checkpoint(path)
+    try:
+        with warnings.catch_warnings():  # the saved network config is rebuilt into a module: that is the intent
+            warnings.filterwarnings("ignore", message="Attribute 'network' is an instance of `nn.Module`")
+            model = FashionMNISTClassifier.load_from_checkpoint(path, map_location="cpu", weights_only=True)
+    except RuntimeError:  # the weights do not fit the network the hparams describe: say which
+        check_matches(path, checkpoint["state_dict"], FashionMNISTClassifier())
+        raise
+    return model.float().eval()

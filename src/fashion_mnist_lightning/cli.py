@@ -175,6 +175,7 @@ def one_line(error: ArgumentError, valid_keys: list[str]) -> str:
 TOOLS = {  # commands beside LightningCLI's subcommands
     "crosscheck": "fashion_mnist_lightning.crosscheck",
     "export": "fashion_mnist_lightning.export",
+    "report": "fashion_mnist_lightning.report",
 }
 
 

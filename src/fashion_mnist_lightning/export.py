@@ -18,22 +18,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from fashion_mnist_lightning.checkpoint_io import CheckpointError, check_matches, read_checkpoint
+from fashion_mnist_lightning.checkpoint_io import CheckpointError, load_classifier
 
 FORMATS = {"state_dict": ".pt", "safetensors": ".safetensors", "onnx": ".onnx", "torchscript": ".ts"}
 
 
 def load_network(ckpt_path: str | Path) -> nn.Module:
-    """The checkpoint's network, float32, in eval mode, on the CPU. Rebuilt from the hparams the CLI saved."""
-    from fashion_mnist_lightning.module import FashionMNISTClassifier
-
-    checkpoint = read_checkpoint(ckpt_path)  # one-line errors for a missing or unreadable file
-    try:
-        model = FashionMNISTClassifier.load_from_checkpoint(ckpt_path, map_location="cpu", weights_only=True)
-    except RuntimeError:  # the weights do not fit the network the hparams describe: say which
-        check_matches(ckpt_path, checkpoint["state_dict"], FashionMNISTClassifier())
-        raise
-    network = model.network.float().eval()
+    """The checkpoint's network, float32, in eval mode, on the CPU, in the default memory format."""
+    network = load_classifier(ckpt_path).network
     return network.to(memory_format=torch.contiguous_format)  # channels_last is a training-speed detail
 
 

@@ -1,0 +1,202 @@
+"""`fashion-mnist report --ckpt_path X`: a visual report of one run, written into the run's folder.
+
+    <run>/report/learning_curves.png        train/val loss and accuracy per epoch (from the TensorBoard events)
+    <run>/report/confusion_matrix.png       test set, counts
+    <run>/report/confusion_matrix_normalized.png   test set, each row divided by its class size
+    <run>/report/per_class.csv              precision, recall, F1, one-vs-rest accuracy per class
+    <run>/report/confident_mistakes.png     the test images the model got wrong with the highest probability
+    <run>/report/report.md                  ties them together
+
+The checkpoint is evaluated on the 10,000 test images as `fashion-mnist test` would (with flip TTA if the model
+uses it). A report is derived output: running it again replaces the files in <run>/report/ and nothing else.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fashion_mnist_lightning.checkpoint_io import CheckpointError, load_classifier, read_checkpoint
+from fashion_mnist_lightning.data import DataError, load_cache, prepare
+from fashion_mnist_lightning.figures import confusion_figure, learning_curves, prediction_grid
+
+CURVE_TAGS = ("train/loss_epoch", "val/loss", "train/acc", "val/acc")
+
+
+def run_folder(ckpt_path: Path) -> Path:
+    """lightning_logs/version_N for lightning_logs/version_N/checkpoints/x.ckpt; else the checkpoint's folder."""
+    folder = ckpt_path.resolve().parent
+    return folder.parent if folder.name == "checkpoints" else folder
+
+
+def read_curves(run: Path) -> dict[str, list[tuple[int, float]]]:
+    """{tag: [(epoch, value), ...]} for CURVE_TAGS from every event file in ``run`` (a resumed run has several).
+
+    Epoch-level values are logged at the step an epoch ended; Lightning's ``epoch`` scalar maps that step to
+    its epoch. A step written twice (a resume repeats no step, but a re-run test might) keeps its last value.
+    """
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run), size_guidance={"scalars": 0})  # 0 = keep every point
+    events.Reload()
+    tags = set(events.Tags().get("scalars", []))
+    epoch_at = {e.step: int(e.value) for e in events.Scalars("epoch")} if "epoch" in tags else {}
+    curves = {}
+    for tag in CURVE_TAGS:
+        if tag in tags:
+            by_step = {e.step: e.value for e in events.Scalars(tag)}
+            points = sorted(by_step.items())
+            curves[tag] = [(epoch_at.get(step, i) + 1, value) for i, (step, value) in enumerate(points)]
+    return curves
+
+
+@torch.inference_mode()
+def predict(model, images: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    """Class probabilities (N, 10) for uint8 images (N, 28, 28)."""
+    batches = images.unsqueeze(1).split(batch_size)  # (B, 1, 28, 28) uint8
+    return torch.cat([model.evaluate(batch.float().div(255)).float().softmax(dim=1) for batch in batches])
+
+
+def confusion_matrix(labels: np.ndarray, predicted: np.ndarray, num_classes: int) -> np.ndarray:
+    """(C, C) counts, rows = true class, columns = predicted class."""
+    return np.bincount(labels * num_classes + predicted, minlength=num_classes ** 2).reshape(num_classes, num_classes)
+
+
+def per_class_table(matrix: np.ndarray) -> dict[str, np.ndarray]:
+    """Precision, recall (= the class's accuracy, the fraction of its images named right), F1 and one-vs-rest
+    accuracy ((TP + TN) / all) per class, from the confusion matrix. Classes never predicted get precision 0."""
+    true_positive = np.diag(matrix).astype(np.float64)
+    support, predicted = matrix.sum(axis=1), matrix.sum(axis=0)
+    precision = true_positive / np.maximum(predicted, 1)
+    recall = true_positive / np.maximum(support, 1)
+    f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
+    total = matrix.sum()
+    true_negative = total - support - predicted + true_positive
+    return {"support": support, "precision": precision, "recall": recall, "f1": f1,
+            "accuracy_ovr": (true_positive + true_negative) / max(total, 1)}
+
+
+def most_confident_mistakes(labels: np.ndarray, probabilities: np.ndarray, count: int) -> np.ndarray:
+    """Indices of the wrong predictions, highest predicted probability first."""
+    predicted, confidence = probabilities.argmax(axis=1), probabilities.max(axis=1)
+    wrong = np.flatnonzero(predicted != labels)
+    return wrong[np.argsort(-confidence[wrong], kind="stable")][:count]
+
+
+def write_table(path: Path, class_names, table: dict[str, np.ndarray]) -> None:
+    lines = ["class,support,precision,recall,f1,accuracy_ovr"]
+    for i, name in enumerate(class_names):
+        lines.append(f"{name},{table['support'][i]},{table['precision'][i]:.4f},{table['recall'][i]:.4f},"
+                     f"{table['f1'][i]:.4f},{table['accuracy_ovr'][i]:.4f}")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def markdown(ckpt_path: Path, checkpoint_epoch: int, class_names, matrix: np.ndarray, table: dict,
+             curves: dict, tta: bool) -> str:
+    accuracy = np.trace(matrix) / matrix.sum()
+    rows = "\n".join(f"| {name} | {table['support'][i]} | {100 * table['precision'][i]:.1f} | "
+                     f"{100 * table['recall'][i]:.1f} | {100 * table['f1'][i]:.1f} | "
+                     f"{100 * table['accuracy_ovr'][i]:.2f} |" for i, name in enumerate(class_names))
+    off_diagonal = matrix - np.diag(np.diag(matrix))
+    pairs = sorted(np.ndindex(matrix.shape), key=lambda ij: -off_diagonal[ij])[:5]
+    confused = "\n".join(f"- {class_names[i]} taken for {class_names[j]}: {off_diagonal[i, j]} images"
+                         for i, j in pairs if off_diagonal[i, j])
+    val = curves.get("val/acc", [])
+    best = max(val, key=lambda point: point[1]) if val else None
+    best_val = f"{100 * best[1]:.2f} % (epoch {best[0]})" if best else "not logged"
+    curves_part = ("![learning curves](learning_curves.png)" if curves
+                   else "No TensorBoard event files with epoch metrics were found in the run folder.")
+    return f"""# Report: {ckpt_path.name}
+
+- checkpoint: `{ckpt_path}` (after epoch {checkpoint_epoch + 1})
+- test accuracy: **{100 * accuracy:.2f} %** on {int(matrix.sum()):,} test images{', flip TTA' if tta else ''}
+  (float32 on the CPU; the test of a bf16 run may differ in the last digit)
+- best validation accuracy during training: {best_val}
+
+## Learning curves
+
+{curves_part}
+
+## Confusion matrix (test)
+
+Rows are the true class, columns the predicted one.
+
+![confusion matrix, counts](confusion_matrix.png)
+![confusion matrix, row-normalised](confusion_matrix_normalized.png)
+
+Most confused:
+
+{confused or '- none'}
+
+## Per class (test)
+
+Recall is the class's own accuracy (the share of its images named right); accuracy (one-vs-rest) also counts
+the images of other classes correctly not given this name. Also in `per_class.csv`.
+
+| class | images | precision % | recall % | F1 % | accuracy (one-vs-rest) % |
+|---|---:|---:|---:|---:|---:|
+{rows}
+
+## Most confident mistakes (test)
+
+Title: predicted class and its probability, then the true class.
+
+![most confident mistakes](confident_mistakes.png)
+"""
+
+
+def write_report(ckpt_path: Path, data_dir: Path, output: Path | None = None, mistakes: int = 24) -> Path:
+    """Evaluate the checkpoint on the test set and write every report file; returns the report folder."""
+    model = load_classifier(ckpt_path)
+    prepare(data_dir, download=False)
+    arrays = load_cache(data_dir)
+    images, labels = arrays["test_images"], arrays["test_labels"].long().numpy()  # (N, 28, 28) uint8, (N,)
+    probabilities = predict(model, images).numpy()  # (N, 10)
+    names = model.class_names
+    matrix = confusion_matrix(labels, probabilities.argmax(axis=1), len(names))
+    table = per_class_table(matrix)
+    run = run_folder(ckpt_path)
+    curves = read_curves(run)
+
+    output = output or run / "report"
+    output.mkdir(parents=True, exist_ok=True)
+    figures = {
+        "learning_curves.png": learning_curves(curves, title=run.name) if curves else None,
+        "confusion_matrix.png": confusion_figure(matrix, names, title=f"test ({len(labels):,} images), counts"),
+        "confusion_matrix_normalized.png": confusion_figure(matrix, names, normalize=True,
+                                                            title=f"test ({len(labels):,} images), row-normalised"),
+    }
+    worst = most_confident_mistakes(labels, probabilities, mistakes)
+    figures["confident_mistakes.png"] = prediction_grid(
+        images[worst].float().div(255).numpy(), labels[worst], probabilities[worst].argmax(axis=1),
+        probabilities[worst].max(axis=1), names, title=f"the {len(worst)} most confident mistakes (test)")
+    for name, figure in figures.items():
+        if figure is not None:
+            figure.savefig(output / name, dpi=110)
+    write_table(output / "per_class.csv", names, table)
+    epoch = int(read_checkpoint(ckpt_path).get("epoch", -1))
+    (output / "report.md").write_text(markdown(ckpt_path, epoch, names, matrix, table, curves, model.tta_flip))
+    return output
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="fashion-mnist report", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ckpt_path", required=True, type=Path, help="a .ckpt written by `fashion-mnist fit`")
+    parser.add_argument("--data_dir", default="data", type=Path)
+    parser.add_argument("--output", type=Path, help="default: <run folder>/report")
+    parser.add_argument("--mistakes", type=int, default=24, help="images in the confident-mistakes grid")
+    args = parser.parse_args(argv)
+    try:
+        output = write_report(args.ckpt_path, args.data_dir, args.output, args.mistakes)
+    except (CheckpointError, DataError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"report: {output / 'report.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
