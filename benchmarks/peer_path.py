@@ -11,6 +11,7 @@ import gzip
 import shutil
 import sys
 import tempfile
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -21,7 +22,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torchvision import transforms
 
 sys.path.insert(0, str(Path(__file__).parent))
-from fashion_mnist_lightning.callbacks import ConfusionMatrixLogger  # noqa: E402
+from fashion_mnist_lightning.callbacks import ConfusionMatrixLogger, RunSummaryLogger, SamplePredictionsLogger  # noqa: E402
 from fashion_mnist_lightning.data import find_raw  # noqa: E402
 from fashion_mnist_lightning.module import FashionMNISTClassifier  # noqa: E402
 from timing import BenchTimer  # noqa: E402
@@ -54,10 +55,14 @@ def main() -> None:
     loader = torch.utils.data.DataLoader(train, batch_size=a.batch_size, shuffle=True)
     val_loader = torch.utils.data.DataLoader(val, batch_size=1000)
     callbacks = [ModelCheckpoint(monitor="val/acc", mode="max", save_last=True), LearningRateMonitor(),
-                 ConfusionMatrixLogger(), TQDMProgressBar(refresh_rate=50), BenchTimer("peer")]
+                 ConfusionMatrixLogger(), SamplePredictionsLogger(), RunSummaryLogger(),
+                 TQDMProgressBar(refresh_rate=50), BenchTimer("peer")]
     trainer = Trainer(max_epochs=a.epochs, logger=TensorBoardLogger(a.log_dir, name="peer"), callbacks=callbacks,
                       log_every_n_steps=50, limit_val_batches=1)
-    model = FashionMNISTClassifier(optimizer=lambda params: torch.optim.AdamW(params, lr=1e-3))
+    # the default config's module (channels_last, label smoothing, AdamW + OneCycle): only the feeding differs
+    model = FashionMNISTClassifier(
+        optimizer=partial(torch.optim.AdamW, lr=0.006, weight_decay=0.05), label_smoothing=0.1, channels_last=True,
+        scheduler=partial(torch.optim.lr_scheduler.OneCycleLR, max_lr=0.006, pct_start=0.3, total_steps=None))
     trainer.fit(model, train_dataloaders=loader, val_dataloaders=val_loader)
     shutil.rmtree(root)
 

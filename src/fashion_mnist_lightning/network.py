@@ -37,9 +37,12 @@ class SeedCNN(nn.Module):
         self.out = nn.Linear(in_features=60, out_features=10)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        # The article applies ReLU, then max-pool. ReLU is monotone, so max-pool then ReLU gives the same values
+        # and the same gradients, with ReLU on a quarter of the elements; with channels_last the training step
+        # of this network is then about 20 % faster on a CPU (benchmarks/results/bench.md).
         x = self.normalize(images)  # (N, 1, 28, 28)
-        x = F.max_pool2d(F.relu(self.conv1(x)), kernel_size=2, stride=2)  # (N, 6, 24, 24) -> (N, 6, 12, 12)
-        x = F.max_pool2d(F.relu(self.conv2(x)), kernel_size=2, stride=2)  # (N, 12, 8, 8) -> (N, 12, 4, 4)
+        x = F.relu(F.max_pool2d(self.conv1(x), kernel_size=2, stride=2))  # (N, 6, 24, 24) -> (N, 6, 12, 12)
+        x = F.relu(F.max_pool2d(self.conv2(x), kernel_size=2, stride=2))  # (N, 12, 8, 8) -> (N, 12, 4, 4)
         x = F.relu(self.fc1(x.flatten(1)))  # (N, 192) -> (N, 120)
         x = F.relu(self.fc2(x))  # (N, 60)
         return self.out(x)  # (N, 10) logits: no softmax, cross_entropy applies log-softmax itself
