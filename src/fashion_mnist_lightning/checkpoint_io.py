@@ -94,15 +94,22 @@ def check_matches(path: str | os.PathLike, state: dict[str, torch.Tensor], model
     detail = "; ".join(f"{what}: {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
                        for what, keys in (("missing", missing), ("unexpected", unexpected), ("other shape", reshaped))
                        if keys)
-    config = Path(path).resolve().parent.parent / "config.yaml"
+    config = run_folder(path) / "config.yaml"
     fix = f"--config {config}" if config.is_file() else "the config it was trained with"
     raise CheckpointError(f"{path} holds a different network than the config's {type(model).__name__} "
                           f"({detail}); pass {fix}")
 
 
-def load_classifier(path: str | os.PathLike):
-    """The checkpoint's FashionMNISTClassifier, float32, in eval mode, on the CPU, rebuilt from the hparams the
-    CLI saved (network class and all). One-line CheckpointError for a missing, corrupt or mismatched file."""
+def run_folder(path: str | os.PathLike) -> Path:
+    """lightning_logs/version_N for lightning_logs/version_N/checkpoints/x.ckpt; else the checkpoint's folder."""
+    folder = Path(path).resolve().parent
+    return folder.parent if folder.name == "checkpoints" else folder
+
+
+def load_classifier(path: str | os.PathLike) -> tuple[Any, dict[str, Any]]:
+    """The checkpoint's FashionMNISTClassifier (float32, eval mode, CPU, rebuilt from the hparams the CLI saved,
+    network class and all) and the checkpoint dict itself. One-line CheckpointError for a missing, corrupt or
+    mismatched file."""
     from fashion_mnist_lightning.module import FashionMNISTClassifier
 
     checkpoint = read_checkpoint(path)
@@ -113,4 +120,4 @@ def load_classifier(path: str | os.PathLike):
     except RuntimeError:  # the weights do not fit the network the hparams describe: say which
         check_matches(path, checkpoint["state_dict"], FashionMNISTClassifier())
         raise
-    return model.float().eval()
+    return model.float().eval(), checkpoint

@@ -18,14 +18,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from fashion_mnist_lightning.checkpoint_io import CheckpointError, load_classifier
+from fashion_mnist_lightning.checkpoint_io import CheckpointError, load_classifier, run_folder
 
 FORMATS = {"state_dict": ".pt", "safetensors": ".safetensors", "onnx": ".onnx", "torchscript": ".ts"}
 
 
 def load_network(ckpt_path: str | Path) -> nn.Module:
     """The checkpoint's network, float32, in eval mode, on the CPU, in the default memory format."""
-    network = load_classifier(ckpt_path).network
+    network = load_classifier(ckpt_path)[0].network
     return network.to(memory_format=torch.contiguous_format)  # channels_last is a training-speed detail
 
 
@@ -53,7 +53,7 @@ def export(network: nn.Module, fmt: str, output: Path) -> Path:
 
 def default_output(ckpt_path: Path, fmt: str) -> Path:
     """Beside the run: lightning_logs/version_N/export/<checkpoint name><suffix>."""
-    return ckpt_path.resolve().parent.parent / "export" / f"{ckpt_path.stem}{FORMATS[fmt]}"
+    return run_folder(ckpt_path) / "export" / f"{ckpt_path.stem}{FORMATS[fmt]}"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -39,7 +39,7 @@ class SeedCNN(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         # The article applies ReLU, then max-pool. ReLU is monotone, so max-pool then ReLU gives the same values
         # and the same gradients, with ReLU on a quarter of the elements; with channels_last the training step
-        # of this network is then about 20 % faster on a CPU (benchmarks/results/bench.md).
+        # of this network is then about 15 % faster on a CPU (benchmarks/results/bench.md).
         x = self.normalize(images)  # (N, 1, 28, 28)
         x = F.relu(F.max_pool2d(self.conv1(x), kernel_size=2, stride=2))  # (N, 6, 24, 24) -> (N, 6, 12, 12)
         x = F.relu(F.max_pool2d(self.conv2(x), kernel_size=2, stride=2))  # (N, 12, 8, 8) -> (N, 12, 4, 4)

@@ -18,17 +18,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fashion_mnist_lightning.checkpoint_io import CheckpointError, load_classifier, read_checkpoint
+from fashion_mnist_lightning.checkpoint_io import CheckpointError, load_classifier, run_folder
 from fashion_mnist_lightning.data import DataError, load_cache, prepare
 from fashion_mnist_lightning.figures import confusion_figure, learning_curves, prediction_grid
 
 CURVE_TAGS = ("train/loss_epoch", "val/loss", "train/acc", "val/acc")
-
-
-def run_folder(ckpt_path: Path) -> Path:
-    """lightning_logs/version_N for lightning_logs/version_N/checkpoints/x.ckpt; else the checkpoint's folder."""
-    folder = ckpt_path.resolve().parent
-    return folder.parent if folder.name == "checkpoints" else folder
 
 
 def read_curves(run: Path) -> dict[str, list[tuple[int, float]]]:
@@ -149,7 +143,7 @@ Title: predicted class and its probability, then the true class.
 
 def write_report(ckpt_path: Path, data_dir: Path, output: Path | None = None, mistakes: int = 24) -> Path:
     """Evaluate the checkpoint on the test set and write every report file; returns the report folder."""
-    model = load_classifier(ckpt_path)
+    model, checkpoint = load_classifier(ckpt_path)
     prepare(data_dir, download=False)
     arrays = load_cache(data_dir)
     images, labels = arrays["test_images"], arrays["test_labels"].long().numpy()  # (N, 28, 28) uint8, (N,)
@@ -176,7 +170,7 @@ def write_report(ckpt_path: Path, data_dir: Path, output: Path | None = None, mi
         if figure is not None:
             figure.savefig(output / name, dpi=110)
     write_table(output / "per_class.csv", names, table)
-    epoch = int(read_checkpoint(ckpt_path).get("epoch", -1))
+    epoch = int(checkpoint.get("epoch", -1))
     (output / "report.md").write_text(markdown(ckpt_path, epoch, names, matrix, table, curves, model.tta_flip))
     return output
 
