@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
+LOCK := requirements.lock
 INSTALLED := $(VENV)/.installed
 DATA_DIR ?= data
 DATA := $(DATA_DIR)/fashion-mnist-uint8.pt
@@ -12,22 +13,34 @@ ARGS ?=
 RESUME ?=
 RESUME_ARGS := $(if $(RESUME),--ckpt_path last,)
 PORT ?= 6006
-# newest best checkpoint, for crosscheck
-CKPT ?= $(shell ls -t lightning_logs/version_*/checkpoints/epoch*.ckpt 2>/dev/null | head -n 1)
+SWEEP ?= configs/sweeps/smoke.yaml
+WORKERS ?= 1
+STUDY ?=
+# a checkpoint for crosscheck / predict / export / report: CKPT=path, default the newest run's best checkpoint
+CKPT ?= best
+FORMAT ?= onnx
 
 .DEFAULT_GOAL := help
-.PHONY: help install data train test tensorboard lint clean bench crosscheck reference-demo predict export report
+.PHONY: help install lock data train test test-fast lint tensorboard sweep dashboard bench crosscheck \
+	reference-demo predict export report clean
 
 help: ## list the targets, one line each
-	@grep -E '^[a-z][a-z-]*:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-z][a-z-]*:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
-$(INSTALLED): pyproject.toml
+$(INSTALLED): pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet -r $(LOCK)
+	$(BIN)/pip install --quiet --no-deps -e .
 	touch $@
 
-install: $(INSTALLED) ## create .venv and install the project editable with the dev extra (once)
+install: $(INSTALLED) ## create .venv and install the locked versions (requirements.lock) + the project, editable
+
+lock: ## refresh requirements.lock from pyproject.toml (every extra; needs the package index)
+	@test -x $(BIN)/uv || { $(PYTHON) -m venv $(VENV) && $(BIN)/pip install --quiet uv; }
+	$(BIN)/uv pip compile pyproject.toml --all-extras --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
+		--no-header --quiet -o $(LOCK)
+	@echo "wrote $(LOCK); \`make install\` installs it"
 
 $(DATA): | $(INSTALLED)
 	@if ! $(PY) -m fashion_mnist_lightning.data --data_dir $(DATA_DIR) --check; then \
@@ -43,41 +56,45 @@ data: $(DATA) ## find, verify and cache Fashion-MNIST (installs the Debian packa
 train: $(INSTALLED) $(DATA) ## fit CONFIG (default configs/default.yaml), test the best checkpoint; ARGS="..." adds flags, RESUME=1 resumes
 	$(BIN)/fashion-mnist fit --config $(CONFIG) --test_after_fit true $(RESUME_ARGS) $(ARGS)
 
-test: $(INSTALLED) $(DATA) ## run the test suite (pytest)
-	$(PY) -m pytest
+test: $(INSTALLED) $(DATA) ## the whole test suite, slow tests included (what CI runs)
+	$(PY) -m pytest $(ARGS)
+
+test-fast: $(INSTALLED) $(DATA) ## the test suite without the tests marked slow (strong config, DDP, servers)
+	$(PY) -m pytest -m "not slow" $(ARGS)
+
+lint: $(INSTALLED) ## ruff check + ruff format --check (what CI's lint job and pre-commit run)
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
 
 tensorboard: $(INSTALLED) ## serve lightning_logs/ on localhost (PORT=6006) and print the URL
 	@echo "TensorBoard: http://localhost:$(PORT)"
 	$(BIN)/tensorboard --logdir lightning_logs --host localhost --port $(PORT)
 
-bench: $(INSTALLED) $(DATA) ## time template vs raw loop vs seed loop vs peer path, interleaved -> benchmarks/results/
-	$(PY) benchmarks/bench.py --make-train
+sweep: $(INSTALLED) $(DATA) ## run the Optuna sweep SWEEP (default configs/sweeps/smoke.yaml) with WORKERS processes
+	@pids=(); for i in $$(seq 1 $(WORKERS)); do \
+	  $(BIN)/fashion-mnist sweep --config $(SWEEP) $(ARGS) & pids+=($$!); done; \
+	  status=0; for pid in $${pids[@]}; do wait $$pid || status=$$?; done; exit $$status
 
-crosscheck: $(INSTALLED) $(DATA) ## NumPy reference vs torch on the 10k test images (CKPT=..., default: newest best)
-	@if [ -z "$(CKPT)" ]; then echo "error: no checkpoint found; run make train first or pass CKPT=path.ckpt" >&2; exit 2; fi
+dashboard: $(INSTALLED) ## serve Optuna's dashboard for SWEEP's study on localhost (PORT=8080)
+	$(BIN)/fashion-mnist sweep --config $(SWEEP) --dashboard $(or $(filter-out 6006,$(PORT)),8080) $(ARGS)
+
+bench: $(INSTALLED) $(DATA) ## time template vs raw loop vs seed loop vs peer path, interleaved -> benchmarks/results/
+	$(PY) benchmarks/bench.py --make-train $(ARGS)
+
+crosscheck: $(INSTALLED) $(DATA) ## NumPy reference vs torch on the 10k test images (CKPT=path|best|last)
 	$(BIN)/fashion-mnist crosscheck --ckpt_path $(CKPT) --data_dir $(DATA_DIR)
 
-# predict and export use the checkpoint's own run config (version_N/config.yaml) when there is one
-RUN_CONFIG = $(or $(wildcard $(dir $(CKPT))../config.yaml),$(CONFIG))
-FORMAT ?= onnx
+reference-demo: $(INSTALLED) ## train the book's toy network by hand-written backprop (NumPy)
+	$(PY) -m fashion_mnist_lightning.extras.reference
 
-predict: $(INSTALLED) $(DATA) ## predict IMAGES=folder (default: the test set) with CKPT (default: newest best) -> CSV
-	@if [ -z "$(CKPT)" ]; then echo "error: no checkpoint found; run make train first or pass CKPT=path.ckpt" >&2; exit 2; fi
-	$(BIN)/fashion-mnist predict --config $(RUN_CONFIG) --ckpt_path $(CKPT) $(if $(IMAGES),--data.predict_dir $(IMAGES),) $(ARGS)
+predict: $(INSTALLED) $(DATA) ## predict IMAGES=folder (default: the test set) with CKPT (default best) -> CSV
+	$(BIN)/fashion-mnist predict --config $(CONFIG) --ckpt_path $(CKPT) $(if $(IMAGES),--data.predict_dir $(IMAGES),) $(ARGS)
 
-export: $(INSTALLED) ## export CKPT (default: newest best) as FORMAT=onnx|torchscript|state_dict|safetensors
-	@if [ -z "$(CKPT)" ]; then echo "error: no checkpoint found; run make train first or pass CKPT=path.ckpt" >&2; exit 2; fi
+export: $(INSTALLED) ## export CKPT (default best) as FORMAT=onnx|pt2|torchscript|state_dict|safetensors
 	$(BIN)/fashion-mnist export --ckpt_path $(CKPT) --format $(FORMAT) $(ARGS)
 
 report: $(INSTALLED) $(DATA) ## curves, confusion matrices, per-class table, confident mistakes -> <run>/report/ (CKPT=...)
-	@if [ -z "$(CKPT)" ]; then echo "error: no checkpoint found; run make train first or pass CKPT=path.ckpt" >&2; exit 2; fi
 	$(BIN)/fashion-mnist report --ckpt_path $(CKPT) --data_dir $(DATA_DIR)
-
-reference-demo: $(INSTALLED) ## train the book's toy network by hand-written backprop (NumPy)
-	$(PY) -m fashion_mnist_lightning.reference
-
-lint: $(INSTALLED) ## ruff check of src, tests and benchmarks
-	$(BIN)/ruff check src tests benchmarks
 
 clean: ## remove caches and build files (keeps .venv, data/ and lightning_logs/)
 	rm -rf .pytest_cache .ruff_cache build dist src/*.egg-info

@@ -63,7 +63,7 @@ def records(path: Path) -> list[dict]:
 
 def raw_data_dir() -> Path:
     sys.path.insert(0, str(ROOT / "src"))
-    from fashion_mnist_lightning.data import candidate_dirs, find_raw
+    from fashion_mnist_lightning.data.files import candidate_dirs, find_raw
 
     for folder in candidate_dirs(ROOT / "data"):
         if find_raw(folder):
@@ -102,7 +102,7 @@ def epoch_paths(args, data_dir: Path, logs: Path, log: Path) -> dict[str, list[f
 def loader_epoch(batch_size: int) -> float:
     code = f"""
 import time
-from fashion_mnist_lightning.data import FashionMNISTDataModule
+from fashion_mnist_lightning.datamodule import FashionMNISTDataModule
 dm = FashionMNISTDataModule(batch_size={batch_size})
 dm.prepare_data()
 dm.setup("fit")
@@ -144,7 +144,7 @@ def reference_forward(ckpt: str) -> float:
 OP_PROFILE = """
 import torch
 from torch.profiler import ProfilerActivity, profile
-from fashion_mnist_lightning.data import FashionMNISTDataModule
+from fashion_mnist_lightning.datamodule import FashionMNISTDataModule
 from fashion_mnist_lightning.module import FashionMNISTClassifier
 torch.manual_seed(0)
 dm = FashionMNISTDataModule(batch_size=256)

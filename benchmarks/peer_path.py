@@ -23,7 +23,7 @@ from torchvision import transforms
 
 sys.path.insert(0, str(Path(__file__).parent))
 from fashion_mnist_lightning.callbacks import ConfusionMatrixLogger, RunSummaryLogger, SamplePredictionsLogger  # noqa: E402
-from fashion_mnist_lightning.data import find_raw  # noqa: E402
+from fashion_mnist_lightning.data.files import find_raw  # noqa: E402
 from fashion_mnist_lightning.module import FashionMNISTClassifier  # noqa: E402
 from timing import BenchTimer  # noqa: E402
 

@@ -1,16 +1,32 @@
-"""Shared fixtures: a tiny synthetic IDX data set, and the real data when this machine has it."""
+"""Shared fixtures: a tiny synthetic IDX data set, the real data, and a workspace to run commands as users do.
+
+A command test runs the ``fashion-mnist`` console script in a fresh folder that looks like a clone of this repo
+(``configs/`` and ``data/`` linked in), with the flags a user types, the progress bar on, the default callbacks
+and logger: only size limits are added. Output goes to a file; every run has a timeout, so a hang fails the
+test instead of the CI run.
+"""
 
 import gzip
 import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
 
-from fashion_mnist_lightning import data
-from fashion_mnist_lightning.cli import main
+from fashion_mnist_lightning.data import files as data
 
-REAL_DATA_DIR = Path(__file__).resolve().parents[1] / "data"
+ROOT = Path(__file__).resolve().parents[1]
+REAL_DATA_DIR = ROOT / "data"
+FASHION_MNIST = Path(sys.executable).with_name("fashion-mnist")  # the console script, as a user runs it
+TRACEBACK = re.compile(r"Traceback \(most recent call last\)")
+SMALL = ("--trainer.max_epochs=1", "--trainer.limit_train_batches=12", "--trainer.limit_val_batches=2",
+         "--trainer.limit_test_batches=2", "--trainer.limit_predict_batches=2")  # size limits only
 
 
 def write_synthetic_idx(folder: Path, n_train: int = 600, n_test: int = 100, gz: bool = True) -> dict:
@@ -58,13 +74,135 @@ def real_data_dir() -> Path:
     return REAL_DATA_DIR
 
 
+# ----------------------------------------------------------------------------------------------------
+# running commands as a user does
+
+@dataclass
+class Result:
+    returncode: int
+    output: str  # stdout and stderr interleaved, as a terminal shows them
+    log: Path
+
+    def lines(self, prefix: str) -> list[str]:
+        return [line.strip() for line in self.output.splitlines() if line.strip().startswith(prefix)]
+
+    @property
+    def error(self) -> str:
+        """The one `error:` line; fails the test unless there is exactly one."""
+        errors = self.lines("error:")
+        assert len(errors) == 1, f"expected one error line, got {errors}:\n{self.output[-2000:]}"
+        return errors[0]
+
+
+class Workspace:
+    """A folder that looks like a clone: ``configs/`` and ``data/`` link to the repo's, runs land in it."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        (path / "configs").symlink_to(ROOT / "configs")
+        (path / "data").symlink_to(REAL_DATA_DIR)
+        self.count = 0
+
+    def run(self, command: str | list[str], *, timeout: float = 240, env: dict | None = None,
+            expect: int | None = 0) -> Result:
+        """Run ``command`` (a shell-like string or argv; ``fashion-mnist`` is the console script) and return
+        its exit code and output. ``expect`` checks the exit code; every run is checked for tracebacks."""
+        argv = command.split() if isinstance(command, str) else list(command)
+        if argv[0] == "fashion-mnist":
+            argv[0] = str(FASHION_MNIST)
+        self.count += 1
+        log = self.path / f"command-{self.count}.log"
+        with open(log, "w") as out:
+            process = subprocess.Popen(argv, cwd=self.path, stdout=out, stderr=subprocess.STDOUT,
+                                       env={**os.environ, **(env or {})}, start_new_session=True)
+            try:
+                process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)  # the whole group: DDP children included
+                process.wait()
+                pytest.fail(f"{' '.join(argv)} did not finish in {timeout} s (a hang); log: {log}\n"
+                            f"{log.read_text(errors='replace')[-3000:]}")
+        result = Result(process.returncode, log.read_text(errors="replace"), log)
+        assert not TRACEBACK.search(result.output), f"{' '.join(argv)} printed a traceback:\n{result.output[-4000:]}"
+        if expect is not None:
+            assert result.returncode == expect, (f"{' '.join(argv)} exited {result.returncode}, expected {expect}:\n"
+                                                 f"{result.output[-3000:]}")
+        return result
+
+    def start(self, command: str | list[str], env: dict | None = None) -> tuple[subprocess.Popen, Path]:
+        """Start ``command`` in the background (for signals); output to a log file."""
+        argv = command.split() if isinstance(command, str) else list(command)
+        if argv[0] == "fashion-mnist":
+            argv[0] = str(FASHION_MNIST)
+        self.count += 1
+        log = self.path / f"command-{self.count}.log"
+        out = open(log, "w")  # noqa: SIM115 - closed by the child's exit; the test reads the file
+        process = subprocess.Popen(argv, cwd=self.path, stdout=out, stderr=subprocess.STDOUT,
+                                   env={**os.environ, **(env or {})}, start_new_session=True)
+        return process, log
+
+    def runs(self) -> list[Path]:
+        """lightning_logs/version_N, by N."""
+        folders = (self.path / "lightning_logs").glob("version_*")
+        return sorted(folders, key=lambda p: int(p.name.removeprefix("version_")))
+
+
 @pytest.fixture
-def run_dir(tmp_path, monkeypatch, real_data_dir):
-    """Run the CLI inside tmp_path so lightning_logs/ lands there; return a function that runs it."""
-    monkeypatch.chdir(tmp_path)
+def workspace(tmp_path, real_data_dir) -> Workspace:
+    return Workspace(tmp_path)
 
-    def run(*args: str) -> int:
-        return main([*args, "--trainer.enable_progress_bar=false", f"--data.data_dir={real_data_dir}"])
 
-    run.path = tmp_path
-    return run
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory, real_data_dir) -> Path:
+    """One finished, tested run of configs/default.yaml (2 short epochs), shared by the tools' tests: its folder."""
+    workspace = Workspace(tmp_path_factory.mktemp("trained"))
+    workspace.run("fashion-mnist fit --config configs/default.yaml --trainer.max_epochs=2 "
+                  "--trainer.limit_train_batches=15 --trainer.limit_val_batches=2 --test_after_fit true")
+    return workspace.runs()[0]
+
+
+@pytest.fixture(scope="session")
+def trained_vgg(tmp_path_factory, real_data_dir) -> Path:
+    """A finished run of configs/strong.yaml's VGGNet (BatchNorm, dropout) at toy size: its last checkpoint."""
+    workspace = Workspace(tmp_path_factory.mktemp("trained-vgg"))
+    workspace.run("fashion-mnist fit --config configs/strong.yaml --model.network.init_args.width=8 "
+                  "--trainer.max_epochs=1 --trainer.limit_train_batches=10 --trainer.limit_val_batches=1")
+    return workspace.runs()[0] / "checkpoints" / "last.ckpt"
+
+
+def wait_for(condition, timeout: float, what: str, process: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if process is not None and process.poll() is not None:
+            pytest.fail(f"the command ended (exit {process.returncode}) before {what}")
+        if time.monotonic() > deadline:
+            if process is not None:
+                os.killpg(process.pid, signal.SIGKILL)
+            pytest.fail(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.05)
+
+
+def progress(log: Path, epoch: int) -> int:
+    """The newest batch count the progress bar printed for ``epoch`` in a command's log."""
+    counts = re.findall(rf"Epoch {epoch}: +\d+%\|[^|]*\| (\d+)/", log.read_text(errors="replace"))
+    return int(counts[-1]) if counts else 0
+
+
+def finish(process: subprocess.Popen, log: Path, timeout: float = 240) -> Result:
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        pytest.fail(f"the command did not finish in {timeout} s (a hang); log: {log}")
+    result = Result(process.returncode, log.read_text(errors="replace"), log)
+    assert not TRACEBACK.search(result.output), f"printed a traceback:\n{result.output[-4000:]}"
+    return result
+
+
+def weights(checkpoint: Path) -> dict[str, torch.Tensor]:
+    return torch.load(checkpoint, weights_only=True)["state_dict"]
+
+
+def same_weights(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

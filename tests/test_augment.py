@@ -3,8 +3,8 @@
 import torch
 import torch.nn.functional as F
 
-from fashion_mnist_lightning.augment import augment_batch, random_crop, random_hflip
-from fashion_mnist_lightning.data import FashionMNISTDataModule
+from fashion_mnist_lightning.data.augment import augment_batch, random_crop, random_hflip
+from fashion_mnist_lightning.datamodule import FashionMNISTDataModule
 
 
 def shifts(image: torch.Tensor, padding: int) -> list[torch.Tensor]:

@@ -1,106 +1,254 @@
-"""End-to-end runs through the `fashion-mnist` entry point on the real data (configs/fast.yaml)."""
+"""The `fashion-mnist` command as users type it: where each command writes, what `last` and `best` mean, and one
+line (exit 2, nothing left behind) for every mistake. Runs the console script in a workspace (conftest)."""
 
+import csv
 import subprocess
 import sys
-from pathlib import Path
+import threading
 
+import pytest
 import torch
-from lightning import Trainer
+import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from fashion_mnist_lightning.data import FashionMNISTDataModule
-from fashion_mnist_lightning.module import FashionMNISTClassifier
+from conftest import SMALL, weights
 
-ROOT = Path(__file__).resolve().parents[1]
-FAST = str(ROOT / "configs" / "fast.yaml")
+FAST = "fashion-mnist fit --config configs/fast.yaml"
 
 
-def fit_fast(run, *extra) -> Path:
-    assert run("fit", "--config", FAST, *extra) == 0
-    versions = sorted((run.path / "lightning_logs").glob("version_*"))
-    return versions[-1]
-
-
-def test_fast_dev_run_through_the_entry_point(run_dir):
-    assert run_dir("fit", "--config", FAST, "--trainer.fast_dev_run=true") == 0
-
-
-def test_one_epoch_writes_events_checkpoints_and_pngs(run_dir):
-    version = fit_fast(run_dir, "--test_after_fit=true")
-    checkpoints = sorted(p.name for p in (version / "checkpoints").iterdir())
-    assert "last.ckpt" in checkpoints and any(name.startswith("epoch00-val_acc") for name in checkpoints)
-    events = EventAccumulator(str(version), size_guidance={"scalars": 0, "images": 0})
+def scalars(folder, tag: str) -> list[tuple[int, float]]:
+    events = EventAccumulator(str(folder), size_guidance={"scalars": 0})
     events.Reload()
-    assert len(events.Scalars("val/acc")) == 1 and 0.5 < events.Scalars("val/acc")[0].value <= 1
-    assert "val/confusion_matrix" in events.Tags()["images"]
+    return [(e.step, e.value) for e in events.Scalars(tag)] if tag in events.Tags()["scalars"] else []
+
+
+def test_fit_writes_one_run_folder_with_events_checkpoints_config_and_test_pngs(workspace):
+    result = workspace.run(f"{FAST} --test_after_fit true")
+    [run] = workspace.runs()
+    names = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert names[-1] == "last.ckpt" and names[0].startswith("epoch00-val_acc") and len(names) == 2
+    assert 0.5 < scalars(run, "val/acc")[-1][1] <= 1 and scalars(run, "test/acc")
     for name in ("confusion_matrix_test.png", "confusion_matrix_test_normalized.png"):
-        assert (version / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert (run / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    summary = result.lines("test accuracy:")[0]
+    assert "on 2,000 test images" in summary  # fast.yaml tests 2 batches of 1000
+    recipe = yaml.safe_load((run / "config.yaml").read_text())
+    assert recipe["ckpt_path"] is None and recipe["trainer"]["logger"]["init_args"]["version"] is None
 
 
-def test_checkpoint_reload_gives_identical_test_metrics(run_dir, real_data_dir):
-    version = fit_fast(run_dir)
-    best = next(p for p in (version / "checkpoints").iterdir() if p.name.startswith("epoch"))
-    datamodule = FashionMNISTDataModule(data_dir=str(real_data_dir), download=False)
-    trainer = Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, limit_test_batches=3)
+def test_config_yaml_of_a_run_reloads_with_fit_and_trains_a_new_run(workspace):
+    workspace.run(f"{FAST} {' '.join(SMALL)}")
+    workspace.run(f"fashion-mnist fit --config lightning_logs/version_0/config.yaml {' '.join(SMALL)}")
+    assert [p.name for p in workspace.runs()] == ["version_0", "version_1"]
+    a, b = (weights(run / "checkpoints" / "last.ckpt") for run in workspace.runs())
+    assert all(torch.equal(a[k], b[k]) for k in a)  # the recipe reproduces the run
+
+
+def test_last_ckpt_is_always_the_newest_state(workspace):
+    """save_last on the best-checkpoint callback would keep the epoch of the best val/acc; ours is every epoch."""
+    workspace.run(f"{FAST} --trainer.max_epochs=4 --trainer.limit_train_batches=5 --model.optimizer.init_args.lr=0.05")
+    [run] = workspace.runs()
+    last = torch.load(run / "checkpoints/last.ckpt", weights_only=True)
+    assert last["global_step"] == 4 * 5 and last["epoch"] == 3
+
+
+def test_resume_last_continues_the_newest_run_in_place_bit_identically(workspace, tmp_path):
+    workspace.run(f"{FAST} --trainer.max_epochs=2")
+    straight = weights(workspace.runs()[0] / "checkpoints/last.ckpt")
+    (workspace.path / "lightning_logs").rename(tmp_path / "straight")
+    workspace.run(f"{FAST} --trainer.max_epochs=1")
+    config_before = (workspace.runs()[0] / "config.yaml").read_text()
+    result = workspace.run(f"{FAST} --trainer.max_epochs=2 --ckpt_path last")
+    assert "resuming" in result.output and [p.name for p in workspace.runs()] == ["version_0"]
+    assert torch.load(workspace.runs()[0] / "checkpoints/last.ckpt", weights_only=True)["epoch"] == 1
+    assert (workspace.runs()[0] / "config.yaml").read_text() == config_before.replace("max_epochs: 1",
+                                                                                    "max_epochs: 2")
+    assert weights(workspace.runs()[0] / "checkpoints/last.ckpt").keys() == straight.keys()
+    resumed = weights(workspace.runs()[0] / "checkpoints/last.ckpt")
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+
+
+def test_resume_picks_version_10_over_version_9(workspace):
+    workspace.run(f"{FAST} {' '.join(SMALL)}")
+    logs = workspace.path / "lightning_logs"
+    for n in (9, 10):  # copies of the run as version_9 and version_10 (a name-sorted search would take 9)
+        subprocess.run(["cp", "-r", str(logs / "version_0"), str(logs / f"version_{n}")], check=True)
+    result = workspace.run(f"{FAST} --trainer.max_epochs=2 --trainer.limit_train_batches=12 --ckpt_path last")
+    assert "lightning_logs/version_10/checkpoints/last.ckpt" in result.output
+    assert torch.load(logs / "version_10/checkpoints/last.ckpt", weights_only=True)["epoch"] == 1
+    assert torch.load(logs / "version_9/checkpoints/last.ckpt", weights_only=True)["epoch"] == 0
+
+
+def test_evaluations_go_to_their_own_folder_inside_the_run_and_touch_nothing_of_it(workspace):
+    workspace.run(f"{FAST} {' '.join(SMALL)}")
+    [run] = workspace.runs()
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    for command in ("validate", "test", "predict", "test"):
+        workspace.run(f"fashion-mnist {command} --config configs/fast.yaml --ckpt_path best")
+    assert [p.name for p in workspace.runs()] == ["version_0"]  # no new "runs"
+    assert sorted(p.name for p in (run / "evaluations").iterdir()) == ["predict_0", "test_0", "test_1", "validate_0"]
+    assert all(p.read_bytes() == content for p, content in before.items())  # the training record is untouched
+    assert (run / "evaluations/predict_0/predictions.csv").is_file()
+    assert (run / "evaluations/test_1/confusion_matrix_test.png").is_file()
+    assert not list((run / "evaluations").rglob("*.ckpt"))  # evaluations write no checkpoints
+
+
+def test_last_outside_fit_is_the_newest_runs_last_checkpoint_not_untrained_weights(workspace):
+    workspace.run(f"{FAST} {' '.join(SMALL)}")
+    result = workspace.run("fashion-mnist validate --config configs/fast.yaml --ckpt_path last")
+    [run] = workspace.runs()
+    trained = scalars(run, "val/acc")[-1][1]
+    evaluated = scalars(run / "evaluations/validate_0", "val/acc")[-1][1]
+    assert evaluated == pytest.approx(trained) and evaluated > 0.5 and "evaluating" in result.output
+
+
+def test_test_on_a_checkpoint_reproduces_the_val_acc_in_its_file_name_through_validate(workspace):
+    workspace.run(f"{FAST} --trainer.limit_val_batches=5")  # the whole validation set
+    best = next((workspace.runs()[0] / "checkpoints").glob("epoch*.ckpt"))
+    workspace.run(f"fashion-mnist validate --config configs/fast.yaml --ckpt_path {best} "
+                  "--trainer.limit_val_batches=5")
+    evaluated = scalars(workspace.runs()[0] / "evaluations/validate_0", "val/acc")[-1][1]
+    assert f"val_acc{evaluated:.4f}" in best.name
+
+
+def test_checkpoint_reload_gives_the_test_metrics_the_run_logged(workspace, real_data_dir):
+    from lightning import Trainer
+
+    from fashion_mnist_lightning.datamodule import FashionMNISTDataModule
+    from fashion_mnist_lightning.module import FashionMNISTClassifier
+
+    workspace.run(f"{FAST} --test_after_fit true")
+    [run] = workspace.runs()
+    logged = scalars(run, "test/acc")[-1][1]
+    best = next((run / "checkpoints").glob("epoch*.ckpt"))
     model = FashionMNISTClassifier.load_from_checkpoint(best, weights_only=True)
-    reloaded = trainer.test(model, datamodule=datamodule, verbose=False)[0]
-    again = trainer.test(FashionMNISTClassifier.load_from_checkpoint(best), datamodule=datamodule, verbose=False)[0]
-    assert reloaded == again
-    state = torch.load(best, weights_only=True)["state_dict"]
-    assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
+    trainer = Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, limit_test_batches=2)
+    reloaded = trainer.test(model, FashionMNISTDataModule(data_dir=str(real_data_dir)), verbose=False)[0]
+    assert reloaded["test/acc"] == pytest.approx(logged, abs=1e-6)
 
 
-def test_cli_test_subcommand_on_a_checkpoint(run_dir):
-    version = fit_fast(run_dir)
-    best = next(p for p in (version / "checkpoints").iterdir() if p.name.startswith("epoch"))
-    assert run_dir("test", "--config", FAST, f"--ckpt_path={best}") == 0
-
-
-def test_print_config_feeds_back_as_config(run_dir, tmp_path):
-    printed = subprocess.run([sys.executable, "-m", "fashion_mnist_lightning.cli", "fit", "--config", FAST,
-                              "--trainer.max_epochs=3", "--print_config"],
-                             capture_output=True, text=True, check=True).stdout
-    (tmp_path / "printed.yaml").write_text(printed)
-    again = subprocess.run([sys.executable, "-m", "fashion_mnist_lightning.cli", "fit",
-                            "--config", str(tmp_path / "printed.yaml"), "--print_config"],
-                           capture_output=True, text=True, check=True).stdout
+def test_print_config_feeds_back_as_config(workspace):
+    printed = workspace.run(f"{FAST} --trainer.max_epochs=3 --print_config").output
+    (workspace.path / "printed.yaml").write_text(printed)
+    again = workspace.run("fashion-mnist fit --config printed.yaml --print_config").output
     assert again == printed and "max_epochs: 3" in printed
+    assert "AtomicCheckpointIO" in printed  # the template's plugin is a visible default
 
 
-def test_progress_bar_flag_works_with_every_config(run_dir):
-    for config in sorted((ROOT / "configs").glob("*.yaml")):
-        result = subprocess.run([sys.executable, "-m", "fashion_mnist_lightning.cli", "fit", "--config",
-                                 str(config), "--trainer.enable_progress_bar=false", "--print_config"],
-                                capture_output=True, text=True)
-        assert result.returncode == 0, f"{config.name}: {result.stderr[-500:]}"
+def test_progress_bar_flag_works_with_every_config(workspace):
+    for config in sorted((workspace.path / "configs").glob("*.yaml")):
+        workspace.run(f"fashion-mnist fit --config configs/{config.name} --trainer.enable_progress_bar=false "
+                      "--print_config")
 
 
-def last_weights(version: Path) -> dict:
-    return torch.load(version / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+def test_two_fits_started_at_once_get_two_run_folders(workspace):
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(workspace.run(f"{FAST} {' '.join(SMALL)}")))
+               for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(results) == 2 and [p.name for p in workspace.runs()] == ["version_0", "version_1"]
+    for run in workspace.runs():
+        assert (run / "checkpoints/last.ckpt").is_file() and (run / "config.yaml").is_file()
 
 
-def test_resume_last_continues_the_same_run_bit_identically(run_dir, tmp_path, monkeypatch, real_data_dir):
-    straight = fit_fast(run_dir, "--trainer.max_epochs=2")
-    resumed_dir = tmp_path / "resumed"
-    resumed_dir.mkdir()
-    monkeypatch.chdir(resumed_dir)
-    run_dir.path = resumed_dir
-    first = fit_fast(run_dir, "--trainer.max_epochs=1")
-    again = fit_fast(run_dir, "--trainer.max_epochs=2", "--ckpt_path=last")
-    assert first == again and [p.name for p in (resumed_dir / "lightning_logs").iterdir()] == ["version_0"]
-    assert torch.load(again / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 1
-    a, b = last_weights(straight), last_weights(again)
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+def test_device_resident_data_and_compile_switches(workspace):
+    workspace.run(f"{FAST} --trainer.fast_dev_run=true --data.data_on_device=true")
+    workspace.run(f"{FAST} --trainer.fast_dev_run=true --model.compile=true")
 
 
-def test_resume_last_with_nothing_to_resume_is_an_error(run_dir, capsys):
-    assert run_dir("fit", "--config", FAST, "--ckpt_path=last") == 2
-    assert "no lightning_logs/version_*/checkpoints/last.ckpt to resume" in capsys.readouterr().err
+def test_predict_csv_has_a_row_per_test_image_in_order(workspace):
+    workspace.run(f"{FAST} {' '.join(SMALL)}")
+    workspace.run("fashion-mnist predict --config configs/fast.yaml --ckpt_path last")
+    with open(workspace.runs()[0] / "evaluations/predict_0/predictions.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 10_000 and rows[0]["file"] == "test[0]" and rows[-1]["file"] == "test[9999]"
 
 
-def test_device_resident_data_path(run_dir):
-    assert run_dir("fit", "--config", FAST, "--trainer.fast_dev_run=true", "--data.data_on_device=true") == 0
+# ----------------------------------------------------------------------------------------------------
+# mistakes: one line naming the problem and the fix, exit 2, no folder left behind
+
+@pytest.mark.parametrize("flags, expected", [
+    ("--trainer.max_epoks=2", "did you mean 'trainer.max_epochs'"),
+    ("--trainer.max_epochs=ten", "trainer.max_epochs"),
+    ("--model.network=fashion_mnist_lightning.network.ResNet", "ResNet"),
+    ("--data.batch_size 0", "--data.batch_size must be >= 1"),
+    ("--data.val_size 60000", "--data.val_size must be between"),
+    ("--model.optimizer.init_args.lr -1", "Invalid learning rate"),
+    ("--ckpt_path best", "best is for validate, test and predict"),
+    ("--ckpt_path last", "no run in lightning_logs has a checkpoint"),
+    ("--ckpt_path no/such.ckpt", "no/such.ckpt does not exist"),
+])
+def test_a_mistake_in_fit_is_one_line_exit_2_and_leaves_no_folder(workspace, flags, expected):
+    result = workspace.run(f"{FAST} {flags}", expect=2)
+    assert expected in result.error and "Traceback" not in result.output
+    assert not (workspace.path / "lightning_logs").exists()
 
 
-def test_compile_switch(run_dir):
-    assert run_dir("fit", "--config", FAST, "--trainer.fast_dev_run=true", "--model.compile=true") == 0
+def test_the_same_typo_in_a_config_file_gets_the_same_suggestion(workspace):
+    config = workspace.path / "typo.yaml"
+    config.write_text("trainer:\n  max_epoks: 2\n")
+    result = workspace.run("fashion-mnist fit --config configs/fast.yaml --config typo.yaml", expect=2)
+    assert "did you mean 'trainer.max_epochs'" in result.error
+
+
+@pytest.mark.parametrize("command", ["validate", "test", "predict"])
+def test_evaluating_without_a_checkpoint_or_with_nothing_trained_is_one_line(workspace, command):
+    assert "--ckpt_path" in workspace.run(f"fashion-mnist {command} --config configs/fast.yaml", expect=2).error
+    for keyword in ("best", "last"):
+        result = workspace.run(f"fashion-mnist {command} --config configs/fast.yaml --ckpt_path {keyword}", expect=2)
+        assert "train one first" in result.error
+    assert not (workspace.path / "lightning_logs").exists()
+
+
+def test_gpu_configs_without_a_gpu_are_one_line_and_run_with_accelerator_cpu(workspace):
+    for config in ("gpu", "gpu_ddp"):
+        result = workspace.run(f"fashion-mnist fit --config configs/{config}.yaml", expect=2)
+        assert "--trainer.accelerator cpu" in result.error
+    assert not (workspace.path / "lightning_logs").exists()
+    result = workspace.run(f"fashion-mnist fit --config configs/gpu.yaml --trainer.accelerator cpu {' '.join(SMALL)}",
+                           timeout=400)
+    assert "torch.jit.trace a dynamo-optimized function" not in result.output  # no graph of a compiled network
+
+
+def test_corrupt_and_foreign_checkpoints_are_one_line_and_left_alone(workspace):
+    bad = workspace.path / "bad.ckpt"
+    bad.write_bytes(b"not a checkpoint at all")
+    assert "is not a readable checkpoint" in workspace.run(
+        f"fashion-mnist test --config configs/fast.yaml --ckpt_path {bad}", expect=2).error
+    assert bad.read_bytes() == b"not a checkpoint at all"
+    other = workspace.path / "other.ckpt"
+    torch.save({"state_dict": {"encoder.weight": torch.zeros(4, 4)}, "hyper_parameters": {}}, other)
+    line = workspace.run(f"fashion-mnist test --config configs/fast.yaml --ckpt_path {other}", expect=2).error
+    assert "holds a different network than the config's" in line and "encoder.weight" in line
+    foreign = workspace.path / "foreign.ckpt"
+    torch.save({"state_dict": {}, "hyper_parameters": {"_class_path": "somewhere.OtherModel", "depth": 3}}, foreign)
+    before = foreign.read_bytes()
+    assert "was not written for this model" in workspace.run(
+        f"fashion-mnist test --config configs/fast.yaml --ckpt_path {foreign}", expect=2).error
+    assert foreign.read_bytes() == before
+    assert not (workspace.path / "lightning_logs").exists()
+
+
+def test_a_checkpoint_brings_its_own_network_config(workspace):
+    """LightningCLI takes the model hyper-parameters from the checkpoint: a VGGNet checkpoint tests as a VGGNet
+    under a SeedCNN config, instead of failing on mismatched weights."""
+    workspace.run(f"{FAST} --model.network=fashion_mnist_lightning.network.VGGNet --model.network.width=4 "
+                  f"{' '.join(SMALL)}")
+    workspace.run("fashion-mnist test --config configs/fast.yaml --ckpt_path last")
+
+
+def test_a_run_folder_that_cannot_be_created_is_one_line(workspace):
+    (workspace.path / "lightning_logs").write_text("a file where the runs folder should be")
+    result = workspace.run(FAST, expect=2)
+    assert "cannot create a run folder" in result.error and "save_dir" in result.error
+    assert (workspace.path / "lightning_logs").read_text() == "a file where the runs folder should be"
+
+
+def test_module_entry_point_matches_the_console_script(workspace):
+    result = subprocess.run([sys.executable, "-m", "fashion_mnist_lightning.cli", "fit", "--config",
+                             "configs/fast.yaml", "--print_config"], cwd=workspace.path, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout == workspace.run(f"{FAST} --print_config").output

@@ -1,60 +1,79 @@
-"""DDP on CPU (configs/ddp_cpu.yaml, 2 processes, gloo) against one process with the same global batch and seed.
-
-Runs as subprocesses: Lightning's DDP launcher starts the second process by re-running the command.
-"""
+"""DDP on CPU (configs/ddp_cpu.yaml, 2 processes, gloo) as the README runs it, progress bar on: it finishes, it
+follows the 1-process run, a stuck peer ends in an error after the collective timeout, and signals stop both
+processes at the same batch with a checkpoint that resumes. Real processes, real signals."""
 
 import os
-import subprocess
-import sys
-from pathlib import Path
+import signal
 
+import pytest
 import torch
-from lightning import Trainer
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from fashion_mnist_lightning.data import FashionMNISTDataModule
-from fashion_mnist_lightning.module import FashionMNISTClassifier
+from conftest import ROOT, finish, progress, same_weights, wait_for, weights
 
-ROOT = Path(__file__).resolve().parents[1]
+DDP = "fashion-mnist fit --config configs/ddp_cpu.yaml"
+ENV = {"OMP_NUM_THREADS": "1"}  # the README's line: one intra-op thread per process on 2 cores
+SHORT = "--trainer.max_epochs=1 --trainer.limit_train_batches=20 --trainer.limit_val_batches=2"
 # channels_last off in both runs: NHWC kernels sum a 128-image half-batch in another order than the 256-image
 # batch, which alone moves the weights by about 1.2e-5 after 20 steps; the test is about DDP, not memory format
-SHORT = ["--trainer.max_epochs=1", "--trainer.limit_train_batches=20", "--trainer.limit_val_batches=2",
-         "--trainer.enable_progress_bar=false", "--test_after_fit=true", "--model.channels_last=false"]
+NCHW = "--model.channels_last=false"
+pytestmark = pytest.mark.slow
 
 
-def fit(work: Path, real_data_dir: Path, *args: str) -> Path:
-    work.mkdir()
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, "-m", "fashion_mnist_lightning.cli", "fit", *args, *SHORT,
-                             f"--data.data_dir={real_data_dir}"], cwd=work, env=env, capture_output=True, text=True,
-                            timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return work / "lightning_logs"
-
-
-def weights(runs: Path) -> dict:
-    return torch.load(runs / "version_0/checkpoints/last.ckpt", weights_only=True)["state_dict"]
-
-
-def test_two_process_ddp_follows_the_one_process_run(tmp_path, real_data_dir):
-    ddp = fit(tmp_path / "ddp", real_data_dir, "--config", str(ROOT / "configs/ddp_cpu.yaml"))
-    single = fit(tmp_path / "single", real_data_dir, "--config", str(ROOT / "configs/default.yaml"),
-                 "--trainer.accelerator=cpu", "--trainer.devices=1")
-
-    # only rank 0 wrote: one run folder
-    assert [p.name for p in ddp.iterdir()] == ["version_0"]
-    a, b = weights(ddp), weights(single)
-    assert a.keys() == b.keys()
-    worst = max((a[k] - b[k]).abs().max().item() for k in a)
+def test_the_readme_ddp_line_finishes_and_follows_the_one_process_run(workspace, tmp_path):
+    result = workspace.run(f"{DDP} {SHORT} {NCHW} --test_after_fit true", env=ENV, timeout=300)
+    assert "Epoch 0: 100%" in result.output  # the progress bar was on
+    [ddp] = workspace.runs()  # only rank 0 wrote: one run folder
+    assert (ddp / "checkpoints/last.ckpt").is_file() and (ddp / "confusion_matrix_test.png").is_file()
+    (workspace.path / "lightning_logs").rename(tmp_path / "ddp")
+    workspace.run(f"fashion-mnist fit --config configs/default.yaml --trainer.accelerator=cpu --trainer.devices=1 "
+                  f"{SHORT} {NCHW}", env=ENV)
+    a = weights(tmp_path / "ddp/version_0/checkpoints/last.ckpt")
+    b = weights(workspace.runs()[0] / "checkpoints/last.ckpt")
+    worst = max((a[k] - b[k]).abs().max().item() for k in a if k.startswith("network."))
     assert worst <= 1e-5, f"DDP and 1-process weights differ by {worst:.2e}"
 
-    # the test accuracy rank 0 logged (synced over both shards) = an evaluation of the saved checkpoint
-    events = EventAccumulator(str(ddp / "version_0"), size_guidance={"scalars": 0})
+    # the test accuracy rank 0 logged (synced over both shards) = an evaluation of the checkpoint on one process
+    events = EventAccumulator(str(tmp_path / "ddp/version_0"), size_guidance={"scalars": 0})
     events.Reload()
     logged = events.Scalars("test/acc")[-1].value
-    best = next((ddp / "version_0/checkpoints").glob("epoch*.ckpt"))
-    model = FashionMNISTClassifier.load_from_checkpoint(best, weights_only=True)
-    trainer = Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False)
-    datamodule = FashionMNISTDataModule(data_dir=str(real_data_dir), download=False)
-    evaluated = trainer.test(model, datamodule=datamodule, verbose=False)[0]["test/acc"]
-    assert abs(logged - evaluated) < 1e-6
+    best = next((tmp_path / "ddp/version_0/checkpoints").glob("epoch*.ckpt"))
+    workspace.run(f"fashion-mnist test --config configs/default.yaml --trainer.accelerator=cpu --trainer.devices=1 "
+                  f"--ckpt_path {best}", env=ENV)
+    evaluated = EventAccumulator(str(next(best.parent.parent.glob("evaluations/test_*"))),
+                                 size_guidance={"scalars": 0})
+    evaluated.Reload()
+    assert abs(logged - evaluated.Scalars("test/acc")[-1].value) < 1e-6
+
+
+def test_a_stuck_peer_ends_in_an_error_after_the_collective_timeout(workspace):
+    env = {**ENV, "PYTHONPATH": str(ROOT / "tests" / "helpers")}
+    result = workspace.run(f"{DDP} {SHORT} --trainer.strategy.init_args.timeout=0:00:10 "
+                           "--trainer.callbacks+=faults.HangOnRank", env=env, timeout=150, expect=1)
+    assert "DDP:" in result.error and "--trainer.strategy.init_args.timeout" in result.error
+
+
+@pytest.mark.parametrize("how", ["SIGTERM to rank 0", "SIGINT to the process group (Ctrl-C)"])
+def test_a_signal_stops_both_processes_at_one_batch_and_the_resume_finishes(workspace, tmp_path, how):
+    long = "--trainer.max_epochs=1 --trainer.limit_train_batches=150 --trainer.limit_val_batches=2"
+    workspace.run(f"{DDP} {long} {NCHW}", env=ENV, timeout=300)
+    straight = weights(workspace.runs()[0] / "checkpoints/last.ckpt")
+    (workspace.path / "lightning_logs").rename(tmp_path / "straight")
+
+    process, log = workspace.start(f"{DDP} {long} {NCHW}", env=ENV)
+    wait_for(lambda: progress(log, 0) >= 50, 240, "batch 50", process)
+    if how.startswith("SIGTERM"):
+        os.kill(process.pid, signal.SIGTERM)
+        expected = 128 + signal.SIGTERM
+    else:
+        os.killpg(process.pid, signal.SIGINT)
+        expected = 128 + signal.SIGINT
+    result = finish(process, log, timeout=180)
+    assert result.returncode == expected, result.output[-2000:]
+    assert any("--ckpt_path last" in line for line in result.lines("stopped:"))
+    run = workspace.runs()[0]
+    done = torch.load(run / "checkpoints/last.ckpt", weights_only=True)["global_step"]
+    assert 50 <= done < 150, done
+
+    workspace.run(f"{DDP} {long} {NCHW} --ckpt_path last", env=ENV, timeout=300)
+    assert same_weights(straight, weights(run / "checkpoints/last.ckpt"))

@@ -1,28 +1,16 @@
-"""`fashion-mnist export`: every format gives torch's outputs on real test images, and files are never clobbered."""
+"""`fashion-mnist export`: every format gives torch's outputs on real test images (VGGNet's BatchNorm and dropout
+in eval mode included, at batch 1 and 1000), one self-contained file each, and nothing is ever clobbered."""
 
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from fashion_mnist_lightning.cli import main
-from fashion_mnist_lightning.data import load_cache
-from fashion_mnist_lightning.export import load_network
-from fashion_mnist_lightning.network import SeedCNN
-
-ROOT = Path(__file__).resolve().parents[1]
-FAST = str(ROOT / "configs" / "fast.yaml")
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory, real_data_dir) -> Path:
-    folder = tmp_path_factory.mktemp("export-run")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.chdir(folder)
-        assert main(["fit", "--config", FAST, "--trainer.enable_progress_bar=false",
-                     f"--data.data_dir={real_data_dir}"]) == 0
-    return folder / "lightning_logs/version_0/checkpoints/last.ckpt"
+from conftest import Workspace
+from fashion_mnist_lightning.data.files import load_cache
+from fashion_mnist_lightning.extras.export import FORMATS, load_network
 
 
 @pytest.fixture(scope="module")
@@ -30,49 +18,97 @@ def images(real_data_dir) -> torch.Tensor:
     return load_cache(real_data_dir)["test_images"][:1000].unsqueeze(1).float() / 255  # (1000, 1, 28, 28)
 
 
-def exported(checkpoint: Path, fmt: str, tmp_path: Path) -> Path:
-    output = tmp_path / f"model.{fmt}"
-    assert main(["export", f"--ckpt_path={checkpoint}", f"--format={fmt}", f"--output={output}"]) == 0
+@pytest.fixture
+def tool(tmp_path, real_data_dir) -> Workspace:
+    return Workspace(tmp_path)
+
+
+def export(tool: Workspace, checkpoint, fmt: str, name: str | None = None) -> Path:
+    output = tool.path / (name or f"model{FORMATS[fmt]}")
+    tool.run(f"fashion-mnist export --ckpt_path {checkpoint} --format {fmt} --output {output}")
+    assert sorted(p.name for p in output.parent.iterdir() if p.name.startswith(output.name)) == [output.name]
     return output
 
 
-def test_state_dict_and_safetensors_hold_the_weights_only(checkpoint, tmp_path, images):
+def run_format(fmt: str, path, images: torch.Tensor) -> np.ndarray:
+    """Logits of the exported file, loaded the way its users load it."""
+    if fmt == "onnx":
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return session.run(None, {"images": images.numpy()})[0]
+    with torch.inference_mode():
+        if fmt == "pt2":
+            return torch.export.load(str(path)).module()(images).numpy()
+        if fmt == "torchscript":
+            return torch.jit.load(str(path))(images).numpy()
+    raise ValueError(fmt)
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "pt2", "torchscript"])
+@pytest.mark.parametrize("which", ["SeedCNN", "VGGNet"])
+def test_every_program_format_equals_torch_at_batch_1_and_1000(tool, trained, trained_vgg, images, fmt, which):
+    checkpoint = trained / "checkpoints/last.ckpt" if which == "SeedCNN" else trained_vgg
+    path = export(tool, checkpoint, fmt)
+    network = load_network(checkpoint)
+    assert type(network).__name__ == which
+    for batch in (images[:1], images):
+        with torch.inference_mode():
+            expected = network(batch).numpy()
+        logits = run_format(fmt, path, batch)
+        assert logits.shape == (len(batch), 10) and np.abs(logits - expected).max() <= 1e-5
+
+
+def test_onnx_is_one_self_contained_file_that_works_when_copied_alone(tool, trained, images, tmp_path):
+    path = export(tool, trained / "checkpoints/last.ckpt", "onnx")
+    moved = tmp_path / "elsewhere" / "copy.onnx"
+    moved.parent.mkdir()
+    shutil.copy(path, moved)  # the .onnx alone: no .onnx.data beside it
+    with torch.inference_mode():
+        expected = load_network(trained / "checkpoints/last.ckpt")(images[:5]).numpy()
+    assert np.abs(run_format("onnx", moved, images[:5]) - expected).max() <= 1e-5
+
+
+def test_state_dict_and_safetensors_hold_the_weights_only(tool, trained, images):
     from safetensors.torch import load_file
 
-    expected = load_network(checkpoint)(images)
-    for state in (torch.load(exported(checkpoint, "state_dict", tmp_path), weights_only=True),
-                  load_file(exported(checkpoint, "safetensors", tmp_path))):
+    from fashion_mnist_lightning.network import SeedCNN
+
+    expected = load_network(trained / "checkpoints/last.ckpt")(images)
+    for state in (torch.load(export(tool, trained / "checkpoints/last.ckpt", "state_dict"), weights_only=True),
+                  load_file(export(tool, trained / "checkpoints/last.ckpt", "safetensors"))):
         network = SeedCNN().eval()
         network.load_state_dict(state)
         assert torch.equal(network(images), expected)
 
 
-def test_onnx_matches_torch_on_real_test_images(checkpoint, tmp_path, images):
-    import onnxruntime
-
-    session = onnxruntime.InferenceSession(str(exported(checkpoint, "onnx", tmp_path)),
-                                           providers=["CPUExecutionProvider"])
-    (logits,) = session.run(None, {"images": images.numpy()})
-    with torch.inference_mode():
-        expected = load_network(checkpoint)(images).numpy()
-    assert logits.shape == (1000, 10) and np.abs(logits - expected).max() <= 1e-5
+def test_default_output_is_the_runs_export_folder(tool, trained):
+    checkpoint = trained / "checkpoints/last.ckpt"
+    tool.run(f"fashion-mnist export --ckpt_path {checkpoint} --format pt2")
+    assert (trained / "export/last.pt2").is_file()
+    result = tool.run(f"fashion-mnist export --ckpt_path {checkpoint} --format pt2", expect=2)
+    assert "--overwrite" in result.error
+    tool.run(f"fashion-mnist export --ckpt_path {checkpoint} --format pt2 --overwrite")
 
 
-def test_torchscript_matches_torch_on_real_test_images(checkpoint, tmp_path, images):
-    scripted = torch.jit.load(str(exported(checkpoint, "torchscript", tmp_path)))
-    with torch.inference_mode():
-        assert (scripted(images) - load_network(checkpoint)(images)).abs().max() <= 1e-5
+def test_export_never_overwrites_and_bad_outputs_are_one_line(tool, trained):
+    checkpoint = trained / "checkpoints/last.ckpt"
+    mine = tool.path / "mine.onnx"
+    mine.write_bytes(b"a user's file")
+    assert "--overwrite" in tool.run(f"fashion-mnist export --ckpt_path {checkpoint} --format onnx "
+                                     f"--output {mine}", expect=2).error
+    assert mine.read_bytes() == b"a user's file"
+    folder = tool.path / "a-folder"
+    folder.mkdir()
+    assert "is a folder" in tool.run(f"fashion-mnist export --ckpt_path {checkpoint} --output {folder}",
+                                     expect=2).error
+    assert "is a file, not a folder" in tool.run(f"fashion-mnist export --ckpt_path {checkpoint} "
+                                                 f"--output {mine}/model.pt", expect=2).error
+    assert list(folder.iterdir()) == [] and mine.read_bytes() == b"a user's file"
 
 
-def test_export_never_overwrites_without_asking(checkpoint, tmp_path, capsys):
-    output = tmp_path / "mine.pt"
-    output.write_bytes(b"a user's file")
-    assert main(["export", f"--ckpt_path={checkpoint}", f"--output={output}"]) == 2
-    assert "--overwrite" in capsys.readouterr().err and output.read_bytes() == b"a user's file"
-
-
-def test_export_of_a_corrupt_checkpoint_is_one_line(tmp_path, capsys):
-    bad = tmp_path / "bad.ckpt"
+def test_export_of_a_corrupt_checkpoint_is_one_line(tool):
+    bad = tool.path / "bad.ckpt"
     bad.write_bytes(b"\x00" * 10)
-    assert main(["export", f"--ckpt_path={bad}", f"--output={tmp_path / 'out.pt'}"]) == 2
-    assert "not a readable checkpoint" in capsys.readouterr().err and not (tmp_path / "out.pt").exists()
+    result = tool.run(f"fashion-mnist export --ckpt_path {bad} --output {tool.path / 'out.pt'}", expect=2)
+    assert "not a readable checkpoint" in result.error and not (tool.path / "out.pt").exists()

@@ -1,4 +1,6 @@
-"""The LightningModule: learning, metrics against a manual count, checkpoint round trip."""
+"""The LightningModule: learning, metrics against a manual count, parameter groups, checkpoint round trip."""
+
+from functools import partial
 
 import pytest
 import torch
@@ -6,7 +8,9 @@ from lightning import Trainer
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from fashion_mnist_lightning.callbacks import ConfusionMatrixLogger
 from fashion_mnist_lightning.module import FashionMNISTClassifier
+from fashion_mnist_lightning.network import VGGNet
 
 
 def quiet_trainer(**kwargs) -> Trainer:
@@ -31,7 +35,7 @@ def test_overfits_one_batch():
     assert trainer.callback_metrics["train/acc"] >= 0.99
 
 
-def test_accuracy_and_confusion_equal_a_manual_count():
+def test_accuracy_loss_and_confusion_equal_a_manual_count():
     generator = torch.Generator().manual_seed(1)
     labels = torch.randint(0, 10, (200,), generator=generator)
     wrong = torch.randint(0, 10, (200,), generator=generator)
@@ -39,26 +43,38 @@ def test_accuracy_and_confusion_equal_a_manual_count():
     images = torch.zeros(200, 1, 28, 28)
     images.view(200, -1)[torch.arange(200), preds] = 1.0  # logits = first ten pixels -> argmax = preds
     model = FashionMNISTClassifier(network=FirstTenPixels())
-    results = quiet_trainer().validate(model, DataLoader(TensorDataset(images, labels), batch_size=64),
-                                       verbose=False)[0]
+    confusion = ConfusionMatrixLogger()
+    results = quiet_trainer(callbacks=[confusion]).validate(
+        model, DataLoader(TensorDataset(images, labels), batch_size=64), verbose=False)[0]
     manual = torch.zeros(10, 10, dtype=torch.long)
     for t, p in zip(labels.tolist(), preds.tolist()):
         manual[t, p] += 1
-    assert torch.equal(model.val_confusion.compute().cpu(), manual)
+    assert torch.equal(confusion.confusion.compute().cpu(), manual)
     assert results["val/acc"] == pytest.approx((preds == labels).float().mean().item())
-    per_class = manual.diag().float() / manual.sum(1).clamp(min=1)
-    assert results["val/acc_class/T-shirt_top"] == pytest.approx(per_class[0].item())
-    assert results["val/acc_class/Ankle_boot"] == pytest.approx(per_class[9].item())
+    logits = images.flatten(1)[:, :10]
+    expected_loss = torch.nn.functional.cross_entropy(logits, labels)  # the mean over all images, not batches
+    assert results["val/loss"] == pytest.approx(expected_loss.item(), rel=1e-6)
 
 
 def test_hparams_stay_primitive_when_objects_are_passed():
-    model = FashionMNISTClassifier(network=FirstTenPixels(), label_smoothing=0.1)
-    assert "network" not in model.hparams and model.hparams["label_smoothing"] == 0.1
+    model = FashionMNISTClassifier(network=FirstTenPixels(), optimizer=torch.optim.SGD, label_smoothing=0.1)
+    assert "network" not in model.hparams and "optimizer" not in model.hparams
+    assert model.hparams["label_smoothing"] == 0.1 and "network" not in model.hparams_initial
+
+
+def test_no_weight_decay_on_biases_and_normalisation_parameters():
+    model = FashionMNISTClassifier(network=VGGNet(width=4))
+    decayed, exempt = model.parameter_groups()
+    assert all(p.ndim >= 2 for p in decayed["params"]) and all(p.ndim < 2 for p in exempt["params"])
+    assert exempt["weight_decay"] == 0.0 and "weight_decay" not in decayed
+    norms = {id(p) for m in model.modules() if isinstance(m, nn.BatchNorm2d) for p in m.parameters()}
+    assert norms and norms <= {id(p) for p in exempt["params"]}
+    assert len(decayed["params"]) + len(exempt["params"]) == len(list(model.parameters()))
+    optimizer = torch.optim.AdamW(model.parameter_groups(), weight_decay=0.05)
+    assert [g["weight_decay"] for g in optimizer.param_groups] == [0.05, 0.0]
 
 
 def test_onecycle_total_steps_is_the_run_length():
-    from functools import partial
-
     schedule = partial(torch.optim.lr_scheduler.OneCycleLR, max_lr=0.01, total_steps=None)
     model = FashionMNISTClassifier(scheduler=schedule)
     loader = DataLoader(TensorDataset(torch.rand(40, 1, 28, 28), torch.arange(40) % 10), batch_size=10)
@@ -66,3 +82,24 @@ def test_onecycle_total_steps_is_the_run_length():
     trainer.fit(model, train_dataloaders=loader)
     assert trainer.lr_scheduler_configs[0].scheduler.total_steps == 8
     assert trainer.lr_scheduler_configs[0].interval == "step"
+
+
+def test_flip_tta_is_the_mean_of_the_two_views_in_evaluation_and_off_in_training():
+    torch.manual_seed(0)
+    model = FashionMNISTClassifier(network=VGGNet(width=4), tta_flip=True).eval()
+    images = torch.rand(6, 1, 28, 28)
+    with torch.no_grad():
+        expected = (model(images) + model(images.flip(-1))) / 2
+        assert torch.allclose(model.evaluate(images), expected)
+        _, preds, _ = model.model_step((images, torch.zeros(6, dtype=torch.long)))
+        assert torch.equal(preds, expected.argmax(1))
+        model.train()
+        model.network.eval()  # no dropout/BN noise: only the TTA switch differs
+        _, train_preds, _ = model.model_step((images, torch.zeros(6, dtype=torch.long)))
+        assert torch.equal(train_preds, model(images).argmax(1))  # training: the plain view only
+
+
+def test_training_metrics_are_in_the_checkpoint_state():
+    keys = FashionMNISTClassifier().state_dict().keys()
+    assert {"train_loss.mean_value", "train_acc.tp", "val_acc_best.max_value"} <= keys
+    assert not any(k.startswith(("val_acc.", "test_acc.")) for k in keys)

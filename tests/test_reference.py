@@ -1,15 +1,14 @@
 """The NumPy reference equals torch: activations, losses, the toy network's backprop, the CNN both ways."""
 
-import os
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from fashion_mnist_lightning import reference as ref
-from fashion_mnist_lightning.crosscheck import crosscheck, seed_cnn_state
-from fashion_mnist_lightning.crosscheck import main as crosscheck_main
+from conftest import Workspace
+from fashion_mnist_lightning.extras import reference as ref
+from fashion_mnist_lightning.extras.crosscheck import crosscheck, seed_cnn_state
 from fashion_mnist_lightning.network import SeedCNN
 
 RNG = np.random.default_rng(0)
@@ -187,18 +186,8 @@ def test_cnn_equals_torch_with_random_weights():
 
 
 @pytest.fixture(scope="module")
-def trained_checkpoint(tmp_path_factory, real_data_dir):
-    from fashion_mnist_lightning.cli import main
-
-    folder = tmp_path_factory.mktemp("trained")
-    cwd = os.getcwd()
-    os.chdir(folder)
-    try:
-        assert main(["fit", "--config", str(real_data_dir.parent / "configs" / "fast.yaml"),
-                     "--trainer.enable_progress_bar=false", f"--data.data_dir={real_data_dir}"]) == 0
-    finally:
-        os.chdir(cwd)
-    return next((folder / "lightning_logs").glob("version_*/checkpoints/last.ckpt"))
+def trained_checkpoint(trained):
+    return trained / "checkpoints" / "last.ckpt"
 
 
 def test_cnn_equals_torch_with_a_trained_checkpoint(trained_checkpoint):
@@ -206,7 +195,7 @@ def test_cnn_equals_torch_with_a_trained_checkpoint(trained_checkpoint):
 
 
 def test_crosscheck_on_real_test_images(trained_checkpoint, real_data_dir):
-    from fashion_mnist_lightning.data import load_cache
+    from fashion_mnist_lightning.data.files import load_cache
 
     arrays = load_cache(real_data_dir)
     result = crosscheck(seed_cnn_state(trained_checkpoint), arrays["test_images"][:2000],
@@ -215,9 +204,11 @@ def test_crosscheck_on_real_test_images(trained_checkpoint, real_data_dir):
     assert result["numpy_accuracy"] == pytest.approx(result["torch_accuracy"], abs=1e-3)
 
 
-def test_crosscheck_command_exit_codes(trained_checkpoint, real_data_dir, tmp_path, capsys):
-    args = ["--ckpt_path", str(trained_checkpoint), "--data_dir", str(real_data_dir)]
-    assert crosscheck_main(args) == 0
-    assert crosscheck_main([*args, "--tolerance", "-1"]) == 1  # nothing can be within a negative tolerance
-    assert crosscheck_main(["--ckpt_path", str(tmp_path / "missing.ckpt")]) == 2
-    assert "does not exist" in capsys.readouterr().err
+def test_crosscheck_command_exit_codes(trained_checkpoint, tmp_path, real_data_dir):
+    tool = Workspace(tmp_path)
+    result = tool.run(f"fashion-mnist crosscheck --ckpt_path {trained_checkpoint}")
+    assert "crosscheck: PASS" in result.output
+    # nothing can be within a negative tolerance
+    tool.run(f"fashion-mnist crosscheck --ckpt_path {trained_checkpoint} --tolerance -1", expect=1)
+    assert "does not exist" in tool.run(f"fashion-mnist crosscheck --ckpt_path {tmp_path / 'missing.ckpt'}",
+                                        expect=2).error

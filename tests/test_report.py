@@ -14,23 +14,9 @@ import pytest
 import torch
 from matplotlib.image import imread
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from torchmetrics.classification import MulticlassConfusionMatrix, MulticlassPrecision, MulticlassRecall
 
-from fashion_mnist_lightning.cli import main
-from fashion_mnist_lightning.report import confusion_matrix, most_confident_mistakes, per_class_table
-
-ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--trainer.max_epochs=2", "--trainer.limit_train_batches=15", "--trainer.limit_val_batches=2",
-        "--trainer.enable_progress_bar=false", "--test_after_fit=true"]
-
-
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory, real_data_dir) -> Path:
-    """lightning_logs/version_0 of a 2-epoch default-config run with its test, shared by this module's tests."""
-    root = tmp_path_factory.mktemp("report")
-    assert main(["fit", "--config", str(ROOT / "configs/default.yaml"), *TINY, f"--data.data_dir={real_data_dir}",
-                 f"--trainer.logger.init_args.save_dir={root}"]) == 0
-    return root / "lightning_logs" / "version_0"
+from conftest import Workspace
+from fashion_mnist_lightning.extras.report import class_statistics, most_confident_mistakes, read_curves
 
 
 def scalars(run: Path, tag: str) -> list:
@@ -43,23 +29,24 @@ def best_checkpoint(run: Path) -> Path:
     return next((run / "checkpoints").glob("epoch*.ckpt"))
 
 
+@pytest.fixture
+def tool(tmp_path, real_data_dir) -> Workspace:
+    return Workspace(tmp_path)
+
+
 # ----------------------------------------------------------------------------------------------------
 # the arithmetic, against torchmetrics
 
-def test_per_class_table_agrees_with_torchmetrics():
-    generator = torch.Generator().manual_seed(0)
-    labels = torch.randint(0, 10, (2000,), generator=generator)
-    predicted = torch.where(torch.rand(2000, generator=generator) < 0.7, labels,
-                            torch.randint(0, 10, (2000,), generator=generator))
-    matrix = confusion_matrix(labels.numpy(), predicted.numpy(), 10)
-    assert np.array_equal(matrix, MulticlassConfusionMatrix(num_classes=10)(predicted, labels).numpy())
-    table = per_class_table(matrix)
-    precision = MulticlassPrecision(num_classes=10, average=None)(predicted, labels).numpy()
-    recall = MulticlassRecall(num_classes=10, average=None)(predicted, labels).numpy()
-    assert np.allclose(table["precision"], precision, atol=1e-6)
-    assert np.allclose(table["recall"], recall, atol=1e-6)
-    one_vs_rest = [((predicted == c) == (labels == c)).float().mean().item() for c in range(10)]
-    assert np.allclose(table["accuracy_ovr"], one_vs_rest, atol=1e-6)
+def test_class_statistics_equal_a_hand_count():
+    labels = torch.tensor([0, 0, 0, 1, 1, 2])
+    predicted = torch.tensor([0, 0, 1, 1, 2, 2])  # class 0: 2 of 3 right; class 1: 1 of 2; class 2: 1 of 1
+    matrix, table = class_statistics(labels, predicted, 3)
+    assert matrix.tolist() == [[2, 1, 0], [0, 1, 1], [0, 0, 1]]
+    assert table["support"].tolist() == [3, 2, 1]
+    assert np.allclose(table["recall"], [2 / 3, 1 / 2, 1])  # the class's own accuracy
+    assert np.allclose(table["precision"], [1, 1 / 2, 1 / 2])  # of what was called the class, how much was
+    assert np.allclose(table["f1"], [0.8, 0.5, 2 / 3])
+    assert np.allclose(table["accuracy_ovr"], [5 / 6, 4 / 6, 5 / 6])  # right about "is it this class" per image
 
 
 def test_confident_mistakes_are_wrong_and_sorted():
@@ -71,8 +58,9 @@ def test_confident_mistakes_are_wrong_and_sorted():
 # ----------------------------------------------------------------------------------------------------
 # the report of a finished run
 
-def test_report_writes_images_table_and_markdown(finished_run, real_data_dir):
-    assert main(["report", "--ckpt_path", str(best_checkpoint(finished_run)), "--data_dir", str(real_data_dir)]) == 0
+def test_report_writes_images_table_and_markdown(tool, trained):
+    finished_run = trained
+    tool.run(f"fashion-mnist report --ckpt_path {best_checkpoint(finished_run)}")
     report = finished_run / "report"
     pictures = ["learning_curves.png", "confusion_matrix.png", "confusion_matrix_normalized.png",
                 "confident_mistakes.png"]
@@ -91,19 +79,17 @@ def test_report_writes_images_table_and_markdown(finished_run, real_data_dir):
         assert abs(float(recall) - logged) < 1e-4, name
 
 
-def test_learning_curves_have_one_point_per_epoch(finished_run):
-    from fashion_mnist_lightning.report import read_curves
-
+def test_learning_curves_have_one_point_per_epoch(trained):
+    finished_run = trained
     curves = read_curves(finished_run)
     for tag in ("train/loss_epoch", "val/loss", "train/acc", "val/acc"):
         assert [epoch for epoch, _ in curves[tag]] == [1, 2], tag
     assert [v for _, v in curves["val/acc"]] == [e.value for e in scalars(finished_run, "val/acc")]
 
 
-def test_report_on_a_missing_checkpoint_is_one_line(tmp_path, capsys):
-    assert main(["report", "--ckpt_path", str(tmp_path / "nope.ckpt")]) == 2
-    err = capsys.readouterr().err.strip()
-    assert "\n" not in err and "does not exist" in err
+def test_report_on_a_missing_checkpoint_is_one_line(tool):
+    assert "does not exist" in tool.run(f"fashion-mnist report --ckpt_path {tool.path / 'nope.ckpt'}",
+                                        expect=2).error
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -123,7 +109,8 @@ def get(url: str, body: dict | None = None) -> bytes:
 
 
 @pytest.fixture
-def tensorboard_server(finished_run, tmp_path):
+def tensorboard_server(trained, tmp_path):
+    finished_run = trained
     port = free_port()
     executable = Path(sys.executable).with_name("tensorboard")
     command = [str(executable)] if executable.exists() else [sys.executable, "-m", "tensorboard.main"]
@@ -153,8 +140,8 @@ def tensorboard_server(finished_run, tmp_path):
         log.close()
 
 
-def test_tensorboard_serves_scalars_images_hparams_and_graph(tensorboard_server, finished_run):
-    base = tensorboard_server
+def test_tensorboard_serves_scalars_images_hparams_and_graph(tensorboard_server, trained):
+    base, finished_run = tensorboard_server, trained
     served = json.loads(get(f"{base}/data/plugin/scalars/scalars?run=version_0&tag=val/acc"))  # [[time, step, v]]
     assert [row[2] for row in served] == pytest.approx([e.value for e in scalars(finished_run, "val/acc")])
     assert len(served) == 2 and all(0.1 < row[2] <= 1 for row in served)

@@ -1,58 +1,110 @@
-"""Callbacks that observe training for TensorBoard: confusion matrix, sample predictions, graph and hparams.
+"""Callbacks that observe training for any logger: confusion matrix, sample predictions, run summary, and the
+CSV writer behind ``predict``.
 
-Drawing lives in figures.py; these decide when, and only rank 0 writes.
+Drawing lives in figures.py. A figure goes through the logger's own image API where it has one (TensorBoard
+``add_figure``, MLflow ``log_figure``); for other loggers (CSV) it is a PNG under ``<run>/figures/``. Every
+process runs the hooks (a metric's ``compute()`` syncs under DDP); only rank 0 draws and writes.
 """
 
+import csv
+import io
+import sys
 import warnings
 from pathlib import Path
 
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.callbacks import BasePredictionWriter, Callback
+from matplotlib.figure import Figure
+from torchmetrics.classification import MulticlassConfusionMatrix
 
 from fashion_mnist_lightning.figures import confusion_figure, prediction_grid
+from fashion_mnist_lightning.runs.checkpoint_io import atomic_write, atomic_write_text
+from fashion_mnist_lightning.runs.folders import run_dir
 
 
-def tensorboard(trainer: L.Trainer):
-    """The SummaryWriter of the first TensorBoard logger, or None (no logger, or fast_dev_run's DummyLogger).
+def metric_key(class_name: str) -> str:
+    """'T-shirt/top' -> 'T-shirt_top': a '/' would split the metric name into another section."""
+    return class_name.replace("/", "_").replace(" ", "_")
 
-    Call it on rank 0 only: elsewhere Lightning hands out a do-nothing experiment.
-    """
+
+def log_figure(trainer: L.Trainer, tag: str, figure: Figure) -> None:
+    """Hand a matplotlib figure to every logger of the run (call on rank 0)."""
+    step = trainer.global_step
     for logger in trainer.loggers:
-        if isinstance(logger, TensorBoardLogger):
-            return logger.experiment
-    return None
+        experiment = logger.experiment
+        if hasattr(experiment, "add_figure"):  # TensorBoard's SummaryWriter
+            experiment.add_figure(tag, figure, global_step=step, close=False)
+        elif hasattr(experiment, "log_figure") and getattr(logger, "run_id", None):  # MLflow
+            experiment.log_figure(logger.run_id, figure, f"{tag}/step_{step:06d}.png")
+        else:
+            path = run_dir(trainer) / "figures" / f"{tag.replace('/', '_')}_step{step:06d}.png"
+            atomic_write(path, lambda f: figure.savefig(f, format="png", dpi=110))
 
 
 class ConfusionMatrixLogger(Callback):
-    """Each validation epoch: the confusion matrix as a TensorBoard figure. At test: two PNGs in the run folder."""
+    """Keeps its own confusion matrix of the validation and test predictions (the ``preds`` the steps return).
+
+    Each validation epoch: the matrix as a figure and the per-class accuracies ``val/acc_class/<class>``.
+    At test: the same as ``test/...``, plus ``confusion_matrix_test.{png,csv}`` and the row-normalised PNG in
+    the run folder.
+    """
+
+    def __init__(self, num_classes: int = 10):
+        self.confusion = MulticlassConfusionMatrix(num_classes=num_classes)
+        self.test_images = 0  # images in the last test confusion matrix
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self.confusion = self.confusion.to(pl_module.device)
+
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.confusion.reset()
+
+    on_test_epoch_start = on_validation_epoch_start
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int, dataloader_idx: int = 0):
+        self.confusion.update(outputs["preds"], batch[1])
+
+    on_test_batch_end = on_validation_batch_end
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking:
-            return
-        matrix = pl_module.val_confusion.compute().cpu().numpy()  # every rank computes: it syncs under DDP
-        writer = tensorboard(trainer)
-        if trainer.is_global_zero and writer is not None:
-            fig = confusion_figure(matrix, pl_module.class_names, title=f"validation, epoch {trainer.current_epoch}")
-            writer.add_figure("val/confusion_matrix", fig, global_step=trainer.global_step, close=True)
+        if not trainer.sanity_checking:
+            self._publish(trainer, pl_module, "val")
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        matrix = pl_module.test_confusion.compute().cpu().numpy()  # every rank: compute() syncs under DDP
-        out_dir = Path(trainer.log_dir or trainer.default_root_dir)  # every rank: log_dir is a broadcast
-        if not trainer.is_global_zero:
-            return
-        out_dir.mkdir(parents=True, exist_ok=True)
-        np.savetxt(out_dir / "confusion_matrix_test.csv", matrix, fmt="%d", delimiter=",")
-        title = f"test ({int(matrix.sum())} images)"
-        normalized = confusion_figure(matrix, pl_module.class_names, normalize=True, title=f"{title}, row-normalised")
-        normalized.savefig(out_dir / "confusion_matrix_test_normalized.png", dpi=110)
-        counts = confusion_figure(matrix, pl_module.class_names, title=title)
-        counts.savefig(out_dir / "confusion_matrix_test.png", dpi=110)
-        writer = tensorboard(trainer)
-        if writer is not None:  # the same counts figure, not a second rendering of it
-            writer.add_figure("test/confusion_matrix", counts, global_step=trainer.global_step, close=True)
+        matrix, counts = self._publish(trainer, pl_module, "test")
+        self.test_images = int(matrix.sum())
+        if trainer.is_global_zero:
+            out_dir = run_dir(trainer)
+            normalized = confusion_figure(matrix, pl_module.class_names, normalize=True,
+                                          title=f"test ({self.test_images} images), row-normalised")
+            atomic_write_text(out_dir / "confusion_matrix_test.csv", matrix_csv(matrix))
+            pngs = {"confusion_matrix_test.png": counts, "confusion_matrix_test_normalized.png": normalized}
+            for name, figure in pngs.items():
+                atomic_write(out_dir / name, lambda f, figure=figure: figure.savefig(f, format="png", dpi=110))
+
+    def _publish(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> tuple[np.ndarray, Figure]:
+        """Per-class accuracies and the counts figure to the loggers; returns the matrix and that figure."""
+        matrix = self.confusion.compute().cpu().numpy()  # every process: compute() syncs under DDP
+        figure = None
+        if trainer.is_global_zero:
+            per_class = np.diag(matrix) / np.maximum(matrix.sum(axis=1), 1)
+            names = pl_module.class_names
+            values = {f"{stage}/acc_class/{metric_key(n)}": float(v) for n, v in zip(names, per_class)}
+            for logger in trainer.loggers:
+                logger.log_metrics(values, step=trainer.global_step)
+            title = (f"validation, epoch {trainer.current_epoch}" if stage == "val"
+                     else f"test ({int(matrix.sum())} images)")
+            figure = confusion_figure(matrix, names, title=title)
+            log_figure(trainer, f"{stage}/confusion_matrix", figure)
+        return matrix, figure
+
+
+def matrix_csv(matrix: np.ndarray) -> str:
+    buffer = io.StringIO()
+    np.savetxt(buffer, matrix, fmt="%d", delimiter=",")
+    return buffer.getvalue()
 
 
 class SamplePredictionsLogger(Callback):
@@ -68,89 +120,133 @@ class SamplePredictionsLogger(Callback):
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int, dataloader_idx: int = 0):
         if batch_idx or dataloader_idx or trainer.sanity_checking or not trainer.is_global_zero:
             return
-        if tensorboard(trainer) is None:
-            return
         images, labels = batch[0][: self.count], batch[1][: self.count]  # (K, 1, 28, 28) in [0, 1], (K,)
         probabilities = pl_module.evaluate(images).float().softmax(dim=1)  # (K, 10); eval mode, no grad here
         confidence, predicted = probabilities.max(dim=1)
         self._sample = [t.cpu().numpy() for t in (images[:, 0].float(), labels, predicted, confidence)]
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        writer = tensorboard(trainer)
-        if self._sample is None or writer is None or not trainer.is_global_zero:
+        if self._sample is None or not trainer.is_global_zero:
             return
         images, labels, predicted, confidence = self._sample
         title = f"validation, epoch {trainer.current_epoch}: {int((predicted == labels).sum())}/{len(labels)} right"
-        fig = prediction_grid(images, labels, predicted, confidence, pl_module.class_names, self.columns, title)
-        writer.add_figure("val/sample_predictions", fig, global_step=trainer.global_step, close=True)
+        figure = prediction_grid(images, labels, predicted, confidence, pl_module.class_names, self.columns, title)
+        log_figure(trainer, "val/sample_predictions", figure)
         self._sample = None
 
 
 class RunSummaryLogger(Callback):
-    """The network's graph when fit starts; the hyper-parameters with the final metrics when fit or test ends.
+    """The network's graph (TensorBoard) and the hyper-parameters with the run's final metrics, through each
+    logger's ``log_hyperparams`` / ``log_metrics``.
 
-    TensorBoard's HPARAMS tab keeps the first hparams record of a run, so the record is written once per run and
-    declares every final metric; values arrive as ``hp/...`` scalars (the tab shows the latest), which also keeps
-    the ``val/`` and ``test/`` curves free of extra points. A fit followed by a test fills all four columns.
+    The hyper-parameter record is written once, when a new run starts, declaring the final metrics ``hp/...``
+    with a placeholder 0 at step 0 (TensorBoard's HPARAMS tab keeps a run's first record and shows each metric's
+    latest value); the values follow at the end of fit and of test. A fit followed by a test fills all four.
     """
 
     FINAL = {"val/acc_best": "hp/val_acc_best", "val/loss": "hp/val_loss", "test/acc": "hp/test_acc",
              "test/loss": "hp/test_loss"}
 
     def __init__(self):
-        self._declared_in: str | None = None  # the log_dir whose hparams record this process wrote
+        self._fitted = False  # this process ran a fit: a test that follows belongs to that run's record
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        writer = tensorboard(trainer)
-        if not trainer.is_global_zero or writer is None:
-            return
-        network, was_training = pl_module.network, pl_module.network.training
-        network.eval()  # trace without touching BatchNorm statistics or drawing dropout masks
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # the tracer's deprecation and shape notes
-                writer.add_graph(network, torch.zeros(1, 1, 28, 28, device=pl_module.device))  # raw images in
-        except Exception as err:  # noqa: BLE001  a compiled or untraceable network must not stop training
-            warnings.warn(f"model graph not logged to TensorBoard: {err}", stacklevel=1)
-        finally:
-            network.train(was_training)
+        self._fitted = True
+        if trainer.global_step == 0 and trainer.is_global_zero:  # a new run, not a resume
+            self._declare(trainer, pl_module)
+            self._log_graph(trainer, pl_module)
+
+    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self._fitted and trainer.is_global_zero:  # `fashion-mnist test`: its own evaluation folder
+            self._declare(trainer, pl_module)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._log_final(trainer, pl_module)
+        self._log_final(trainer)
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._log_final(trainer, pl_module)
+        self._log_final(trainer)
 
-    def _log_final(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        writer = tensorboard(trainer)
+    def _declare(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        run = {"max_epochs": trainer.max_epochs, "precision": str(trainer.precision), "world_size": trainer.world_size}
+        params = {"model": dict(pl_module.hparams), "trainer": run}
+        if trainer.datamodule is not None:
+            params["data"] = dict(trainer.datamodule.hparams)
+        for logger in trainer.loggers:
+            logger.log_hyperparams(params, metrics=dict.fromkeys(self.FINAL.values(), 0.0), step=0)
+
+    def _log_final(self, trainer: L.Trainer) -> None:
         metrics = {hp: float(trainer.callback_metrics[key]) for key, hp in self.FINAL.items()
-                   if key in trainer.callback_metrics}
-        if not trainer.is_global_zero or writer is None or not metrics:
+                   if key in trainer.callback_metrics}  # every process: reading the metrics may sync them
+        if trainer.is_global_zero and metrics:
+            for logger in trainer.loggers:
+                logger.log_metrics(metrics, step=max(trainer.global_step, 1))
+                logger.save()
+
+    @staticmethod
+    def _log_graph(trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if pl_module.compile_network:  # tracing a torch.compile'd network is not supported
             return
-        if self._declared_in != writer.log_dir:
-            from torch.utils.tensorboard.summary import hparams
-
-            run = {"max_epochs": trainer.max_epochs, "precision": str(trainer.precision),
-                   "world_size": trainer.world_size}
-            params = {"model": dict(pl_module.hparams), "trainer": run}
-            if trainer.datamodule is not None:
-                params["data"] = dict(trainer.datamodule.hparams)
-            file_writer = writer._get_file_writer()
-            for summary in hparams(flat_params(params), dict.fromkeys(self.FINAL.values(), 0.0)):  # names only
-                file_writer.add_summary(summary)
-            self._declared_in = writer.log_dir
-        for tag, value in metrics.items():
-            writer.add_scalar(tag, value, global_step=trainer.global_step)
-        writer.flush()
+        for logger in trainer.loggers:
+            if not hasattr(logger.experiment, "add_graph"):
+                continue
+            network, was_training = pl_module.network, pl_module.network.training
+            network.eval()  # trace without touching BatchNorm statistics or drawing dropout masks
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # the tracer's deprecation and shape notes
+                    logger.experiment.add_graph(network, pl_module.example_input_array.to(pl_module.device))
+            finally:
+                network.train(was_training)
 
 
-def flat_params(params: dict, prefix: str = "") -> dict[str, int | float | str | bool]:
-    """{'model': {'lr': 0.1}} -> {'model/lr': 0.1}; values TensorBoard cannot show (None, lists) become text."""
-    flat = {}
-    for key, value in params.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(flat_params(value, f"{name}/"))
-        else:
-            flat[name] = value if isinstance(value, (int, float, str, bool)) else str(value)
-    return flat
+class PredictionCSV(BasePredictionWriter):
+    """``predict`` -> ``predictions.csv``: one row per image file (or test image), unreadable files included.
+
+    Columns: file, predicted (class name), probability (of that class), one probability column per class, error
+    (why a file could not be read; empty otherwise). Written atomically to the run folder, or to ``output``.
+    A file name that is not valid UTF-8 is written with backslash escapes for its undecodable bytes.
+    """
+
+    def __init__(self, output: str | None = None):  # default: <run folder>/predictions.csv
+        super().__init__(write_interval="epoch")
+        self.output = output
+
+    def write_on_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, predictions, batch_indices):
+        probabilities = torch.cat(predictions).float()  # (n, 10): this process's share
+        batches = batch_indices[0]  # one list per dataloader (there is one), each a list of per-batch indices
+        indices = torch.tensor([i for batch in batches for i in batch], device=probabilities.device)  # (n,)
+        if trainer.world_size > 1:  # every process: gather the shares, then rank 0 puts them in file order
+            probabilities, indices = gather_shares(pl_module, probabilities, indices)
+        if not trainer.is_global_zero:
+            return
+        datamodule = trainer.datamodule
+        ordered = torch.empty(len(datamodule.predict_names), probabilities.shape[1])
+        ordered[indices.cpu()] = probabilities.cpu()  # (N, 10) in file order (DDP padding repeats rows)
+        path = Path(self.output) if self.output else run_dir(trainer) / "predictions.csv"
+        text = predictions_csv(datamodule.predict_names, ordered, pl_module.class_names, datamodule.predict_skipped)
+        atomic_write(path, lambda f: f.write(text.encode("utf-8", errors="backslashreplace")))
+        print(f"predictions for {len(ordered):,} images: {path}", file=sys.stderr, flush=True)
+
+
+def gather_shares(pl_module: L.LightningModule, values: torch.Tensor, indices: torch.Tensor):
+    """All processes' (values (n, C), indices (n,)), padded to the longest share with index -1 and dropped."""
+    longest = int(pl_module.all_gather(torch.tensor(len(indices), device=values.device)).max())
+    pad = longest - len(indices)
+    values = torch.cat([values, values.new_zeros(pad, values.shape[1])])
+    indices = torch.cat([indices, indices.new_full((pad,), -1)])
+    values, indices = pl_module.all_gather(values).flatten(0, 1), pl_module.all_gather(indices).flatten(0, 1)
+    keep = indices >= 0
+    return values[keep], indices[keep]
+
+
+def predictions_csv(names: list[str], probabilities: torch.Tensor, class_names: list[str],
+                    skipped: dict[str, str]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["file", "predicted", "probability", *class_names, "error"])
+    best, predicted = probabilities.max(dim=1)  # (N,), (N,)
+    for name, p, k, row in zip(names, best.tolist(), predicted.tolist(), probabilities.tolist()):
+        writer.writerow([name, class_names[k], f"{p:.6f}", *(f"{q:.6f}" for q in row), ""])
+    for name, why in skipped.items():
+        writer.writerow([name, "", "", *([""] * len(class_names)), why])
+    return buffer.getvalue()

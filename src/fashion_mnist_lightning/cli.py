@@ -1,170 +1,313 @@
-"""The ``fashion-mnist`` command: LightningCLI (fit / validate / test / predict) plus the template's own tools."""
+"""The ``fashion-mnist`` command: LightningCLI (fit / validate / test / predict) plus the template's own tools.
+
+Everything here goes through LightningCLI's public hooks: ``add_arguments_to_parser``, ``parse_arguments``,
+``before_instantiate_classes``, ``instantiate_classes``, ``instantiate_trainer``, ``after_instantiate_classes``
+and ``after_fit``. What the template adds on top of stock LightningCLI:
+
+- ``configs/base.yaml`` is read before every ``--config`` (the shared run setup, written once);
+- each command gets its own folder (runs/folders.py): ``fit`` a new ``version_N`` (or, with ``--ckpt_path
+  last``, the newest run's own), ``validate``/``test``/``predict`` an ``evaluations/<command>_K`` inside the
+  run of the checkpoint they evaluate; ``--ckpt_path last`` / ``best`` mean the newest run's checkpoints;
+- the fault-tolerance callbacks, the progress bar and the predictions writer are added to every Trainer;
+- every mistake a user can make becomes one line on stderr with the fix, exit 2, and no folder left behind.
+"""
 
 import difflib
+import logging
 import re
 import sys
+import warnings
 from argparse import ArgumentError
 from pathlib import Path
 
-from lightning.fabric.plugins import CheckpointIO
-from lightning.pytorch.callbacks import BasePredictionWriter, ProgressBar, TQDMProgressBar
-from lightning.pytorch.cli import LightningCLI
+import torch
+from jsonargparse import Namespace
+from lightning.fabric.utilities.rank_zero import rank_zero_only
+from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, TQDMProgressBar
+from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
-from fashion_mnist_lightning.checkpoint_io import AtomicCheckpointIO, CheckpointError, check_matches, read_checkpoint
-from fashion_mnist_lightning.data import DataError, FashionMNISTDataModule
-from fashion_mnist_lightning.interrupt import CheckpointOnSignal, TrainingInterrupted
-from fashion_mnist_lightning.module import FashionMNISTClassifier, NonFiniteLossError
-from fashion_mnist_lightning.predictions import PredictionCSV
+from fashion_mnist_lightning.callbacks import ConfusionMatrixLogger, PredictionCSV
+from fashion_mnist_lightning.data.files import DataError
+from fashion_mnist_lightning.datamodule import FashionMNISTDataModule
+from fashion_mnist_lightning.module import FashionMNISTClassifier, ScheduleLengthError
+from fashion_mnist_lightning.runs.checkpoint_io import (
+    CheckpointError,
+    atomic_write_text,
+    check_matches,
+    read_checkpoint,
+)
+from fashion_mnist_lightning.runs.folders import (
+    EVALUATIONS,
+    ResumeError,
+    claim,
+    newest_checkpoint,
+    next_version,
+    release_unused,
+    run_dir,
+    run_of,
+    watch,
+)
+from fashion_mnist_lightning.runs.guards import FiniteLossGuard, NonFiniteLossError
+from fashion_mnist_lightning.runs.rng import RNGStates
+from fashion_mnist_lightning.runs.signals import CheckpointOnSignal, TrainingInterrupted
 
-CKPT_KEYWORDS = ("last", "best", "hpc", "registry")  # --ckpt_path values that are not file paths
-
-
-class ResumeError(RuntimeError):
-    """Nothing to resume, stated in one line with its fix."""
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+BASE_CONFIG = CONFIGS / "base.yaml"  # the shared run setup, read before every --config
+SUBCOMMANDS = ("fit", "validate", "test", "predict")
+ATOMIC_CHECKPOINTS = {"class_path": "fashion_mnist_lightning.runs.checkpoint_io.AtomicCheckpointIO"}
 
 
 class ConfigError(ValueError):
-    """A config or command-line mistake (typo, wrong type, unknown class), stated in one line."""
+    """A config or command-line mistake (typo, wrong type, unknown class, a value torch rejects), in one line."""
 
 
-def valid_keys(parser, args) -> list[str]:
-    """The dotted keys the chosen subcommand accepts, for 'did you mean'."""
-    subcommand = next((a for a in args or sys.argv[1:] if not a.startswith("-")), None)
-    try:
-        subparser = parser._subcommands_action._name_parser_map[subcommand]
-        return list(subparser.get_defaults().keys())
-    except (AttributeError, KeyError, TypeError):
-        return []
+class RunConfig(SaveConfigCallback):
+    """Writes ``config.yaml`` into the command's own folder: the full merged config as a recipe.
+
+    For ``fit`` the recipe leaves out ``ckpt_path`` and the run folder the CLI chose, so ``fashion-mnist fit
+    --config <run>/config.yaml`` trains the same run again in a new folder (a resumed run's recipe is the one it
+    finished with). It is written when the command starts its work (after a resume was accepted), atomically,
+    and never into another command's folder.
+    """
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        pass  # written by the start hooks below instead, once the run is known to go ahead
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        self._write(trainer)
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        if trainer.state.fn == "validate":
+            self._write(trainer)
+
+    def on_test_start(self, trainer, pl_module) -> None:
+        self._write(trainer)
+
+    def on_predict_start(self, trainer, pl_module) -> None:
+        self._write(trainer)
+
+    def _write(self, trainer) -> None:
+        if not self.already_saved and trainer.is_global_zero:
+            self.save_config(trainer, trainer.lightning_module, trainer.state.fn)
+            self.already_saved = True
+
+    def save_config(self, trainer, pl_module, stage: str) -> None:
+        atomic_write_text(run_dir(trainer) / self.config_filename, self.parser.dump(self.config, skip_none=False))
 
 
 class FashionMNISTCLI(LightningCLI):
+    def __init__(self, args: list[str] | None = None):
+        per_subcommand = {"default_config_files": [str(BASE_CONFIG)], "exit_on_error": False}
+        super().__init__(
+            FashionMNISTClassifier,
+            FashionMNISTDataModule,
+            save_config_callback=RunConfig,
+            save_config_kwargs={"save_to_log_dir": False},
+            trainer_defaults={"plugins": [ATOMIC_CHECKPOINTS]},  # shown by --print_config; a config may replace it
+            parser_kwargs={"exit_on_error": False, **{name: dict(per_subcommand) for name in SUBCOMMANDS}},
+            args=args,
+        )
+
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_argument("--test_after_fit", type=bool, default=False,
                             help="fit only: then test the best checkpoint and print where the results are")
         parser.add_argument("--progress_refresh_rate", type=int, default=50,
                             help="steps between progress-bar updates (a refresh per step costs more than a step)")
+        parser.link_arguments("data.class_names", "model.class_names", apply_on="instantiate")
+
+    # ------------------------------------------------------------------------------------------------
+    # parsing: one-line errors, and --ckpt_path resolved before Lightning reads the checkpoint's hparams
 
     def parse_arguments(self, parser, args) -> None:
         try:
             super().parse_arguments(parser, args)
         except ArgumentError as err:
             raise ConfigError(one_line(err, valid_keys(parser, args))) from None
+        subcommand = self.config.get("subcommand")
+        if subcommand:
+            self.resumed_run = self._resolve_checkpoint(subcommand, self.config[subcommand])
+
+    def _resolve_checkpoint(self, subcommand: str, config: Namespace) -> Path | None:
+        """``last``/``best`` -> the newest run's checkpoint; every checkpoint read once with weights_only.
+        Returns the run folder that ``fit --ckpt_path last`` continues, else None."""
+        ckpt = config.get("ckpt_path")
+        if ckpt is None:
+            if subcommand != "fit":
+                raise ConfigError(f"`fashion-mnist {subcommand}` evaluates a checkpoint: pass --ckpt_path with a "
+                                  ".ckpt file, last (the newest run's last.ckpt) or best (its best checkpoint)")
+            return None
+        if ckpt in ("last", "best"):
+            if subcommand == "fit" and ckpt == "best":
+                raise ConfigError("fit resumes from --ckpt_path last (or a .ckpt path); best is for "
+                                  "validate, test and predict")
+            root = logger_root(config)
+            if root is None:
+                raise ResumeError(f"--ckpt_path {ckpt} searches the runs of the configured logger, and there is "
+                                  "none (trainer.logger); pass the path of a .ckpt file instead")
+            config.ckpt_path = str(newest_checkpoint(root, ckpt))
+            print(f"{'resuming' if subcommand == 'fit' else 'evaluating'} {config.ckpt_path}", flush=True)
+        read_checkpoint(config.ckpt_path)  # one line for a missing or unreadable file; loads no code
+        return run_of(config.ckpt_path) if subcommand == "fit" and ckpt == "last" else None
 
     def _parse_ckpt_path(self) -> None:
-        """A missing or unreadable checkpoint as one line; then LightningCLI lets the checkpoint's own model
-        hyper-parameters override the config's (so `test`/`predict` rebuild the network it was trained with)."""
-        subcommand = self.config.get("subcommand")
-        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
-        if ckpt_path in (None, *CKPT_KEYWORDS):
-            return super()._parse_ckpt_path()
-        self.checkpoint = read_checkpoint(ckpt_path)  # exists, loads with weights_only=True, has a state_dict
+        """Kept private override: LightningCLI rebuilds the model from the checkpoint's hparams right after
+        parsing and before any public hook runs, so this is the only place to turn a checkpoint written for
+        another model into one line. Tested with Lightning 2.6.4 - 2.6.6."""
         try:
             super()._parse_ckpt_path()
         except (ArgumentError, SystemExit) as err:
-            raise CheckpointError(f"{ckpt_path} was not written for this model: its hyper-parameters do not parse "
+            ckpt = self.config[self.config.subcommand].get("ckpt_path")
+            raise CheckpointError(f"{ckpt} was not written for this model: its hyper-parameters do not parse "
                                   f"({one_line(err, [])[:200]}); pass a .ckpt written by `fashion-mnist fit`") from None
+
+    # ------------------------------------------------------------------------------------------------
+    # instantiation: the command's own folder, the template's callbacks, values torch rejects
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand]
-        if self.subcommand == "fit" and config.get("ckpt_path") == "last":
-            self._resume_latest_run(config)
-            self.checkpoint = read_checkpoint(config.ckpt_path)
+        self.recipe = config.clone()  # what RunConfig writes
+        if self.subcommand == "fit":
+            self.recipe.ckpt_path = None
+        init = logger_init_args(config)
+        if init is None or rank_zero_only.rank != 0:  # other processes: Lightning broadcasts rank 0's folders
+            return
+        root = Path(init.get("save_dir") or ".") / (init.get("name") or "")
+        try:
+            if self.subcommand == "fit" and self.resumed_run is not None:
+                init.version = int(self.resumed_run.name.removeprefix("version_"))  # continue the same run
+                watch(self.resumed_run)
+            elif self.subcommand == "fit" and init.get("version") is None:
+                _, name = claim(root, "version_", next_version(root))
+                init.version = int(name.removeprefix("version_"))
+            elif self.subcommand != "fit":
+                parent = (run_of(config.ckpt_path) or root) / EVALUATIONS
+                _, init.version = claim(parent, f"{self.subcommand}_")
+                init.save_dir, init.name = str(parent), ""
+        except OSError as err:
+            raise ConfigError(f"cannot create a run folder in {err.filename or root} ({err.strerror}); pass a "
+                              "writable folder with --trainer.logger.init_args.save_dir") from None
 
-    def _run_subcommand(self, subcommand: str) -> None:
-        checkpoint = getattr(self, "checkpoint", None)
-        if checkpoint is not None:
-            check_matches(self.config[subcommand]["ckpt_path"], checkpoint["state_dict"], self.model)
-            del self.checkpoint
-        super()._run_subcommand(subcommand)
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except ConfigError:
+            raise
+        except (ValueError, TypeError) as err:  # raised by a class's __init__ for a value the user passed
+            raise ConfigError(f"invalid value: {first_line(err)}; fix the flag or config key "
+                              "(`fashion-mnist fit --help` lists them)") from None
 
-    @staticmethod
-    def _resume_latest_run(config) -> None:
-        """`--ckpt_path last`: continue the newest run's last.ckpt *in its own version folder*.
+    def instantiate_trainer(self, **kwargs):
+        config = self.config_init[self.subcommand]
+        callbacks = list(config.trainer.get("callbacks") or [])
+        if self.subcommand != "fit":  # evaluations write no checkpoints (and reload none of fit's state)
+            callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
+            kwargs["enable_checkpointing"] = False
+        if config.trainer.get("enable_progress_bar", True) is not False and not has(callbacks, ProgressBar):
+            callbacks.append(TQDMProgressBar(refresh_rate=config.progress_refresh_rate))  # not in configs: the
+            # flag --trainer.enable_progress_bar=false would then be an error
+        callbacks += [RNGStates(), FiniteLossGuard(), CheckpointOnSignal()]
+        if self.subcommand == "predict" and not has(callbacks, PredictionCSV):
+            callbacks.append(PredictionCSV())
+        try:
+            return super().instantiate_trainer(callbacks=callbacks, **kwargs)
+        except (MisconfigurationException, RuntimeError) as err:  # the Trainer rejects these settings
+            hint = ("; this machine has no GPU: run this config on a GPU machine, or pass --trainer.accelerator cpu"
+                    if re.search(r"gpu|cuda|mps", str(err), re.IGNORECASE) else "")
+            raise ConfigError(f"trainer: {first_line(err)}{hint}") from None
 
-        Stock Lightning looks for last.ckpt in the new run's (empty) folder, finds nothing and silently starts
-        over. Here "last" means lightning_logs/version_N/checkpoints/last.ckpt of the highest N that has one,
-        and the logger is pointed at version_N so the TensorBoard run continues.
-        """
-        logger = config.trainer.logger
-        init = logger.init_args if logger is not None and hasattr(logger, "init_args") else None
-        if init is None or not hasattr(init, "version"):
-            raise ResumeError("--ckpt_path last needs the TensorBoardLogger of the configs (trainer.logger); "
-                              "pass the checkpoint's path instead")
-        runs = Path(init.save_dir) / (init.name or "")
-        by_version = {int(p.parts[-3].removeprefix("version_")): p
-                      for p in runs.glob("version_*/checkpoints/last.ckpt")}
-        if not by_version:
-            raise ResumeError(f"--ckpt_path last: no {runs}/version_*/checkpoints/last.ckpt to resume; "
-                              "drop --ckpt_path to start a new run")
-        init.version = max(by_version)
-        config.ckpt_path = str(by_version[init.version])
-        print(f"resuming {config.ckpt_path} in {runs / f'version_{init.version}'}", flush=True)
+    def after_instantiate_classes(self) -> None:
+        for callback in self.trainer.callbacks:
+            if isinstance(callback, RunConfig):
+                callback.config = self.recipe
+        ckpt = self.config[self.subcommand].get("ckpt_path")
+        if ckpt and Path(ckpt).is_file():
+            check_matches(ckpt, read_checkpoint(ckpt)["state_dict"], self.model)
+        if self.subcommand == "fit":
+            check_optimizer(self.model)
 
-    def _instantiate_trainer(self, config: dict, callbacks: list):
-        """Add a progress bar with a sane refresh rate unless the user disabled it or brought their own.
-
-        A progress bar listed in a config would make `--trainer.enable_progress_bar=false` an error.
-        """
-        rate = self._get(self.config, "progress_refresh_rate")
-        everything = (config.get("callbacks") or []) + callbacks
-        if config.get("enable_progress_bar", True) is not False and not has(everything, ProgressBar):
-            callbacks = [*callbacks, TQDMProgressBar(refresh_rate=rate)]
-        if not has(everything, CheckpointOnSignal):
-            callbacks = [*callbacks, CheckpointOnSignal()]
-        if self.subcommand == "predict" and not has(everything, BasePredictionWriter):
-            callbacks = [*callbacks, PredictionCSV()]
-        plugins = config.get("plugins") or []
-        plugins = plugins if isinstance(plugins, list) else [plugins]
-        if not has(plugins, CheckpointIO):
-            config["plugins"] = [*plugins, AtomicCheckpointIO()]
-        return super()._instantiate_trainer(config, callbacks)
+    # ------------------------------------------------------------------------------------------------
 
     def after_fit(self) -> None:
-        if not self._get(self.config, "test_after_fit") or self.trainer.fast_dev_run:
+        if not self.config.fit.test_after_fit or self.trainer.fast_dev_run:
             return
         best = self.trainer.checkpoint_callback.best_model_path if self.trainer.checkpoint_callback else ""
         results = self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None, verbose=False)
-        images = int(self.model.test_confusion.compute().sum())  # every rank: compute() syncs under DDP
-        run_dir = Path(self.trainer.log_dir or ".")  # every rank: log_dir is a broadcast under DDP
+        confusion = next((c for c in self.trainer.callbacks if isinstance(c, ConfusionMatrixLogger)), None)
         if self.trainer.is_global_zero:
-            print_summary(run_dir, results[0] if results else {}, best, images)
+            print_summary(run_dir(self.trainer), results[0] if results else {}, best,
+                          confusion.test_images if confusion else None)
+
+
+def logger_init_args(config: Namespace) -> Namespace | None:
+    """The configured logger's init_args when it has run folders (save_dir/name/version), else None."""
+    logger = config.trainer.get("logger")
+    init = logger.get("init_args") if isinstance(logger, Namespace) else None
+    return init if init is not None and "version" in init else None
+
+
+def logger_root(config: Namespace) -> Path | None:
+    init = logger_init_args(config)
+    return None if init is None else Path(init.get("save_dir") or ".") / (init.get("name") or "")
+
+
+def check_optimizer(model: FashionMNISTClassifier) -> None:
+    """Build the optimizer (and schedule) once on a dummy parameter: a value torch rejects (a negative lr, a
+    momentum above 1) fails here, in one line, before any folder or file is written."""
+    try:
+        optimizer = model.optimizer_factory([{"params": [torch.nn.Parameter(torch.zeros(1))]}])
+        if model.scheduler_factory is not None:
+            keywords = getattr(model.scheduler_factory, "keywords", {})
+            model.scheduler_factory(optimizer, **({"total_steps": 10} if keywords.get("total_steps", 0) is None
+                                                  else {}))
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"model.optimizer / model.scheduler: {first_line(err)}; fix its init_args "
+                          "(e.g. --model.optimizer.init_args.lr)") from None
 
 
 def has(objects: list, kind: type) -> bool:
     return any(isinstance(o, kind) for o in objects)
 
 
-def print_summary(run_dir: Path, metrics: dict, best: str, images: int) -> None:
+def first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def print_summary(run: Path, metrics: dict, best: str, images: int | None) -> None:
     lines = [
         "",
         f"test accuracy: {100 * float(metrics.get('test/acc', float('nan'))):.2f} % "
-        f"(test loss {float(metrics.get('test/loss', float('nan'))):.4f}) on {images:,} test images",
+        f"(test loss {float(metrics.get('test/loss', float('nan'))):.4f})"
+        + (f" on {images:,} test images" if images else ""),
         f"best checkpoint: {best or '(none saved)'}",
-        f"run folder (TensorBoard: make tensorboard): {run_dir}",
-        f"confusion matrices: {run_dir / 'confusion_matrix_test.png'}, "
-        f"{run_dir / 'confusion_matrix_test_normalized.png'}",
+        f"run folder (TensorBoard: make tensorboard): {run}",
+        f"confusion matrices: {run / 'confusion_matrix_test.png'}, {run / 'confusion_matrix_test_normalized.png'}",
     ]
     print("\n".join(lines), flush=True)
 
 
-def run_lightning_cli(args: list[str] | None = None) -> FashionMNISTCLI:
-    return FashionMNISTCLI(
-        FashionMNISTClassifier,
-        FashionMNISTDataModule,
-        save_config_kwargs={"overwrite": True},  # a rerun into the same run folder (resume) must not crash
-        parser_kwargs={"exit_on_error": False},  # config errors come back as one line, not a usage dump
-        args=args,
-    )
+# ----------------------------------------------------------------------------------------------------
+# one-line errors
+
+def valid_keys(parser, args) -> list[str]:
+    """The dotted keys the chosen subcommand accepts, for 'did you mean' (jsonargparse has no public map of
+    subcommand parsers; without one there is simply no suggestion)."""
+    subcommand = next((a for a in args or sys.argv[1:] if a in SUBCOMMANDS), None)
+    try:
+        return list(parser._subcommands_action._name_parser_map[subcommand].get_defaults().keys())
+    except (AttributeError, KeyError, TypeError, ArgumentError):
+        return []
 
 
-def one_line(error: ArgumentError, valid_keys: list[str]) -> str:
+def one_line(error: BaseException, valid_keys: list[str]) -> str:
     """jsonargparse's multi-line message as one line, with the closest valid key for a typo."""
     message = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
     for noise in (r"Does not validate against any of the Union subtypes Subtypes: \[.*?\] Errors: ",
                   r"- Expected a <class 'NoneType'>\s*", r"Given value type: <class '[^']*'>\s*", r"(?<!\S)- "):
         message = re.sub(noise, "", message)
     typo = re.search(r'No action for key "([^"]+)"|does not accept option .([\w.]+).|Unrecognized arguments: --?(\S+)',
-                     message)
+                     message, re.IGNORECASE)
     if typo:
         key = next(group for group in typo.groups() if group).split("=")[0]
         close = difflib.get_close_matches(key, valid_keys, n=1, cutoff=0.6)
@@ -172,14 +315,37 @@ def one_line(error: ArgumentError, valid_keys: list[str]) -> str:
     return f"{message}; `fashion-mnist fit --help` lists the valid keys and types"
 
 
+# ----------------------------------------------------------------------------------------------------
+# library noise: each filter names one message and why it is safe to drop
+
+def quiet_library_noise() -> None:
+    # Lightning's advertisement for its cloud loggers, printed by every Trainer: not about this run.
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
+        lambda record: not str(record.getMessage()).startswith("💡 Tip"))
+    # Lightning 2.6's own use of torch's pytree API; nothing a user can change.
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated")
+    # --ckpt_path last writes into the run's own, non-empty checkpoint folder on purpose.
+    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+    # "`Trainer.fit` stopped: `max_epochs=18` reached." says what the user asked for, and lands glued to the
+    # progress bar's last line.
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
+        lambda record: "` stopped: `" not in str(record.getMessage()))
+    # bf16-mixed only changes the model summary's size estimate, which then assumes 32-bit weights.
+    warnings.filterwarnings("ignore", message=r"Precision bf16-mixed is not supported by the model summary")
+
+
+# ----------------------------------------------------------------------------------------------------
+
 TOOLS = {  # commands beside LightningCLI's subcommands
-    "crosscheck": "fashion_mnist_lightning.crosscheck",
-    "export": "fashion_mnist_lightning.export",
-    "report": "fashion_mnist_lightning.report",
+    "crosscheck": "fashion_mnist_lightning.extras.crosscheck",
+    "export": "fashion_mnist_lightning.extras.export",
+    "report": "fashion_mnist_lightning.extras.report",
 }
+USER_ERRORS = (ConfigError, DataError, ResumeError, CheckpointError, ScheduleLengthError)
 
 
 def main(argv: list[str] | None = None) -> int:
+    quiet_library_noise()
     words = sys.argv[1:] if argv is None else argv
     if words and words[0] in TOOLS:
         from importlib import import_module
@@ -187,20 +353,42 @@ def main(argv: list[str] | None = None) -> int:
         return import_module(TOOLS[words[0]]).main(words[1:])
     finished = False
     try:
-        run_lightning_cli(argv)  # None: LightningCLI reads sys.argv itself
+        FashionMNISTCLI(args=argv)  # None: LightningCLI reads sys.argv itself
         finished = True
-    except (ConfigError, DataError, ResumeError, CheckpointError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return 0
+    except USER_ERRORS as err:
+        release_unused()  # nothing was done: leave no folder behind
+        return fail(err, 2)
     except NonFiniteLossError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+        return fail(err, 1)
     except TrainingInterrupted as err:
-        print(f"stopped: {err}", file=sys.stderr)
+        print(f"\nstopped: {err}", file=sys.stderr, flush=True)
         return 128 + err.signum
+    except OSError as err:
+        return fail(f"{err.strerror or err} while writing {err.filename or 'a file'}; free space or pass a "
+                    "writable folder (--trainer.logger.init_args.save_dir), then resume with --ckpt_path last "
+                    "(checkpoints already written are intact)", 1)
+    except RuntimeError as err:
+        if distributed_failure(err):
+            return fail(f"DDP: {first_line(err)[:300]}; another process stopped or hangs. The wait is bounded by "
+                        "--trainer.strategy.init_args.timeout (configs/ddp_cpu.yaml); resume with --ckpt_path last", 1)
+        raise
     finally:
         leave_process_group(finished)
-    return 0
+
+
+def fail(error: BaseException | str, code: int) -> int:
+    print(f"\nerror: {first_line(error) if isinstance(error, BaseException) else error}", file=sys.stderr,
+          flush=True)
+    return code
+
+
+def distributed_failure(err: RuntimeError) -> bool:
+    import torch.distributed as dist
+
+    text = str(err).lower()
+    return (dist.is_available() and dist.is_initialized()
+            and any(word in text for word in ("timed out", "timeout", "connection closed", "connection reset")))
 
 
 def leave_process_group(finished: bool) -> None:

@@ -3,7 +3,7 @@
 The signal handler only sets a flag; the checkpoint is written at the next batch boundary, so it holds a
 consistent state (weights, optimizer, scheduler, loop counters, RNG states, the position in the epoch).
 It goes to the run's ``checkpoints/last.ckpt``, which ``--ckpt_path last`` resumes. A second signal stops
-at once without a checkpoint. The CLI adds this callback to every ``fit``; the exit code is 128 + signal.
+at once without a checkpoint. The CLI adds this callback to every Trainer; the exit code is 128 + signal.
 """
 
 import signal
@@ -11,9 +11,11 @@ import threading
 from pathlib import Path
 
 import lightning as L
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+import torch
+from lightning.pytorch.callbacks import Callback
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
+LAST = "last.ckpt"
 
 
 class TrainingInterrupted(Exception):
@@ -26,6 +28,10 @@ class TrainingInterrupted(Exception):
 
 
 class CheckpointOnSignal(Callback):
+    """Under DDP a signal may reach one process only (``kill`` of rank 0) or all at slightly different batches
+    (Ctrl-C in a terminal): after every batch the processes agree on the largest signal received anywhere (one
+    tiny all-reduce; nothing at all with one process), so they all checkpoint and stop at the same batch."""
+
     def __init__(self):
         self.received: int | None = None
         self._previous: dict[int, object] = {}
@@ -42,16 +48,25 @@ class CheckpointOnSignal(Callback):
         self.received = signum
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int):
-        if self.received is not None:
+        if self._agreed_signal(trainer, pl_module):
             self._checkpoint_and_stop(trainer, f"epoch {trainer.current_epoch} after batch {batch_idx + 1}")
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._restore_handlers()
-        if self.received is not None:  # arrived during the last validation: the run is complete
+        if self._agreed_signal(trainer, pl_module):  # arrived during the last validation: the run is complete
             self._checkpoint_and_stop(trainer, "the end of training")
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         self._restore_handlers()
+
+    def _agreed_signal(self, trainer: L.Trainer, pl_module: L.LightningModule) -> int:
+        if trainer.world_size == 1:
+            return self.received or 0
+        mine = torch.tensor(self.received or 0, device=pl_module.device)
+        agreed = int(trainer.strategy.reduce(mine, reduce_op="max"))
+        # a signal that arrived during the all-reduce is kept for the next batch, never overwritten
+        self.received = agreed or self.received
+        return agreed
 
     def _restore_handlers(self) -> None:
         for signum, handler in self._previous.items():
@@ -61,15 +76,13 @@ class CheckpointOnSignal(Callback):
     def _checkpoint_and_stop(self, trainer: L.Trainer, position: str) -> None:
         signum, self.received = self.received, None
         path = last_checkpoint_path(trainer)
-        trainer.save_checkpoint(path)
+        trainer.save_checkpoint(path)  # every process: it synchronises, rank 0 writes
         raise TrainingInterrupted(signum, path, position)
 
 
 def last_checkpoint_path(trainer: L.Trainer) -> Path:
-    """Where ``--ckpt_path last`` looks: the ModelCheckpoint's last.ckpt, else the run folder's checkpoints/."""
+    """Where ``--ckpt_path last`` looks: last.ckpt in the run's checkpoint folder. Call it on every process."""
     callback = trainer.checkpoint_callback
-    if isinstance(callback, ModelCheckpoint) and callback.dirpath:
-        path = callback.format_checkpoint_name({}, callback.CHECKPOINT_NAME_LAST)
-        callback.last_model_path = path  # saved in the state: the resumed run's ModelCheckpoint then overwrites
-        return Path(path)  # this file instead of writing last-v1.ckpt beside it
-    return Path(trainer.log_dir or trainer.default_root_dir) / "checkpoints" / "last.ckpt"
+    if callback is not None and getattr(callback, "dirpath", None):
+        return Path(callback.dirpath) / LAST
+    return Path(trainer.log_dir or trainer.default_root_dir) / "checkpoints" / LAST

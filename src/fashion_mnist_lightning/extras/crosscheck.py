@@ -8,10 +8,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fashion_mnist_lightning import reference
-from fashion_mnist_lightning.checkpoint_io import CheckpointError, read_checkpoint
-from fashion_mnist_lightning.data import DataError, load_cache, prepare
+from fashion_mnist_lightning.data.files import DataError, load_cache, prepare
+from fashion_mnist_lightning.extras import reference
 from fashion_mnist_lightning.network import SeedCNN
+from fashion_mnist_lightning.runs.checkpoint_io import CheckpointError, read_checkpoint
+from fashion_mnist_lightning.runs.folders import ResumeError, resolve_checkpoint
 
 
 def seed_cnn_state(ckpt_path: str | Path) -> dict[str, torch.Tensor]:
@@ -51,15 +52,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fashion-mnist crosscheck",
                                      description="Run the NumPy reference CNN and the torch model on the 10k "
                                                  "test images; exit 1 when they disagree beyond tolerance.")
-    parser.add_argument("--ckpt_path", required=True, help="a SeedCNN checkpoint (.ckpt)")
+    parser.add_argument("--ckpt_path", required=True, help="a SeedCNN checkpoint (.ckpt), or best / last of the "
+                                                            "newest run")
     parser.add_argument("--data_dir", default="data")
     parser.add_argument("--tolerance", type=float, default=1e-4, help="largest allowed |logit difference|")
     args = parser.parse_args(argv)
     try:
-        state = seed_cnn_state(args.ckpt_path)
+        state = seed_cnn_state(resolve_checkpoint(args.ckpt_path))
         prepare(args.data_dir, download=False)
         arrays = load_cache(args.data_dir)
-    except (CheckpointError, DataError) as err:
+    except (CheckpointError, DataError, ResumeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     result = crosscheck(state, arrays["test_images"], arrays["test_labels"])

@@ -18,9 +18,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fashion_mnist_lightning.checkpoint_io import CheckpointError, load_classifier, run_folder
-from fashion_mnist_lightning.data import DataError, load_cache, prepare
+from fashion_mnist_lightning.data.files import DataError, load_cache, prepare
+from fashion_mnist_lightning.extras.loading import load_classifier
 from fashion_mnist_lightning.figures import confusion_figure, learning_curves, prediction_grid
+from fashion_mnist_lightning.runs.checkpoint_io import CheckpointError, run_folder
+from fashion_mnist_lightning.runs.folders import ResumeError, resolve_checkpoint
 
 CURVE_TAGS = ("train/loss_epoch", "val/loss", "train/acc", "val/acc")
 
@@ -53,23 +55,28 @@ def predict(model, images: torch.Tensor, batch_size: int = 1000) -> torch.Tensor
     return torch.cat([model.evaluate(batch.float().div(255)).float().softmax(dim=1) for batch in batches])
 
 
-def confusion_matrix(labels: np.ndarray, predicted: np.ndarray, num_classes: int) -> np.ndarray:
-    """(C, C) counts, rows = true class, columns = predicted class."""
-    return np.bincount(labels * num_classes + predicted, minlength=num_classes ** 2).reshape(num_classes, num_classes)
+def class_statistics(labels: torch.Tensor, predicted: torch.Tensor, num_classes: int) -> tuple[np.ndarray, dict]:
+    """The confusion matrix (C, C) (rows = true class, columns = predicted) and, per class, support, precision,
+    recall (= the class's own accuracy), F1 and one-vs-rest accuracy ((TP + TN) / all), all from torchmetrics.
+    A class never predicted gets precision 0."""
+    from torchmetrics.functional.classification import (
+        multiclass_confusion_matrix,
+        multiclass_f1_score,
+        multiclass_precision,
+        multiclass_recall,
+        multiclass_stat_scores,
+    )
 
-
-def per_class_table(matrix: np.ndarray) -> dict[str, np.ndarray]:
-    """Precision, recall (= the class's accuracy, the fraction of its images named right), F1 and one-vs-rest
-    accuracy ((TP + TN) / all) per class, from the confusion matrix. Classes never predicted get precision 0."""
-    true_positive = np.diag(matrix).astype(np.float64)
-    support, predicted = matrix.sum(axis=1), matrix.sum(axis=0)
-    precision = true_positive / np.maximum(predicted, 1)
-    recall = true_positive / np.maximum(support, 1)
-    f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
-    total = matrix.sum()
-    true_negative = total - support - predicted + true_positive
-    return {"support": support, "precision": precision, "recall": recall, "f1": f1,
-            "accuracy_ovr": (true_positive + true_negative) / max(total, 1)}
+    per_class = dict(num_classes=num_classes, average=None)
+    tp, fp, tn, fn, support = multiclass_stat_scores(predicted, labels, **per_class).T  # (C,) each
+    table = {
+        "support": support.numpy(),
+        "precision": multiclass_precision(predicted, labels, **per_class).numpy(),
+        "recall": multiclass_recall(predicted, labels, **per_class).numpy(),
+        "f1": multiclass_f1_score(predicted, labels, **per_class).numpy(),
+        "accuracy_ovr": ((tp + tn) / (tp + fp + tn + fn)).numpy(),
+    }
+    return multiclass_confusion_matrix(predicted, labels, num_classes=num_classes).numpy(), table
 
 
 def most_confident_mistakes(labels: np.ndarray, probabilities: np.ndarray, count: int) -> np.ndarray:
@@ -149,8 +156,8 @@ def write_report(ckpt_path: Path, data_dir: Path, output: Path | None = None, mi
     images, labels = arrays["test_images"], arrays["test_labels"].long().numpy()  # (N, 28, 28) uint8, (N,)
     probabilities = predict(model, images).numpy()  # (N, 10)
     names = model.class_names
-    matrix = confusion_matrix(labels, probabilities.argmax(axis=1), len(names))
-    table = per_class_table(matrix)
+    matrix, table = class_statistics(torch.from_numpy(labels), torch.from_numpy(probabilities.argmax(axis=1)),
+                                     len(names))
     run = run_folder(ckpt_path)
     curves = read_curves(run)
 
@@ -178,15 +185,20 @@ def write_report(ckpt_path: Path, data_dir: Path, output: Path | None = None, mi
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fashion-mnist report", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--ckpt_path", required=True, type=Path, help="a .ckpt written by `fashion-mnist fit`")
+    parser.add_argument("--ckpt_path", required=True,
+                        help="a .ckpt written by `fashion-mnist fit`, or best / last of the newest run")
     parser.add_argument("--data_dir", default="data", type=Path)
     parser.add_argument("--output", type=Path, help="default: <run folder>/report")
     parser.add_argument("--mistakes", type=int, default=24, help="images in the confident-mistakes grid")
     args = parser.parse_args(argv)
     try:
-        output = write_report(args.ckpt_path, args.data_dir, args.output, args.mistakes)
-    except (CheckpointError, DataError) as err:
+        output = write_report(resolve_checkpoint(args.ckpt_path), args.data_dir, args.output, args.mistakes)
+    except (CheckpointError, DataError, ResumeError) as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        print(f"error: cannot write the report to {err.filename or args.output} ({err.strerror or err}); "
+              "pass --output with a writable folder", file=sys.stderr)
         return 2
     print(f"report: {output / 'report.md'}")
     return 0

@@ -3,35 +3,56 @@
 A kill -9 or a power cut at any moment leaves either the previous complete checkpoint or the new complete
 one. (Lightning's own writer goes through an fsspec transaction whose temporary file may live on another
 file system and is not fsynced.) The template's CLI installs this plugin unless the config brings its own
-CheckpointIO; in Python: ``Trainer(plugins=[AtomicCheckpointIO()])``.
+CheckpointIO (it is the ``trainer.plugins`` default, so ``--print_config`` shows it); in Python:
+``Trainer(plugins=[AtomicCheckpointIO()])``.
 """
 
+import io
 import os
 import tempfile
-import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 TMP_PREFIX = ".tmp-"  # partial files of an interrupted save: hidden, and swept up by the next save
+UMASK = os.umask(0o022)
+os.umask(UMASK)  # read once: a written file gets the permissions open() would give it, not mkstemp's 0600
 
 
-def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> None:
+    """Call ``write(file)``, then put those bytes in a temporary file beside ``path``, fsync it and rename it over
+    ``path``. The bytes are built in memory first: torch.save reports a full disk as a RuntimeError about zip
+    positions, a plain write as the OSError it is (ENOSPC), which the CLI turns into one line."""
+    buffer = io.BytesIO()
+    write(buffer)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{TMP_PREFIX}{path.name}.")
     try:
+        os.fchmod(fd, 0o666 & ~UMASK)
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            f.write(buffer.getbuffer())
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)  # atomic on POSIX: readers see the old file or the new one
+    except OSError as err:
+        Path(tmp).unlink(missing_ok=True)
+        raise OSError(err.errno, err.strerror, str(path)) from err  # name the file the user will look for
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     sync_folder(path.parent)  # make the rename itself durable
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+    atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def sync_folder(folder: Path) -> None:
@@ -104,20 +125,3 @@ def run_folder(path: str | os.PathLike) -> Path:
     """lightning_logs/version_N for lightning_logs/version_N/checkpoints/x.ckpt; else the checkpoint's folder."""
     folder = Path(path).resolve().parent
     return folder.parent if folder.name == "checkpoints" else folder
-
-
-def load_classifier(path: str | os.PathLike) -> tuple[Any, dict[str, Any]]:
-    """The checkpoint's FashionMNISTClassifier (float32, eval mode, CPU, rebuilt from the hparams the CLI saved,
-    network class and all) and the checkpoint dict itself. One-line CheckpointError for a missing, corrupt or
-    mismatched file."""
-    from fashion_mnist_lightning.module import FashionMNISTClassifier
-
-    checkpoint = read_checkpoint(path)
-    try:
-        with warnings.catch_warnings():  # the saved network config is rebuilt into a module: that is the intent
-            warnings.filterwarnings("ignore", message="Attribute 'network' is an instance of `nn.Module`")
-            model = FashionMNISTClassifier.load_from_checkpoint(path, map_location="cpu", weights_only=True)
-    except RuntimeError:  # the weights do not fit the network the hparams describe: say which
-        check_matches(path, checkpoint["state_dict"], FashionMNISTClassifier())
-        raise
-    return model.float().eval(), checkpoint

@@ -1,0 +1,144 @@
+"""FashionMNISTDataModule: the verified uint8 data set in memory, batched by index, floats only on the device."""
+
+import sys
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from fashion_mnist_lightning.data.augment import augment_batch
+from fashion_mnist_lightning.data.files import CLASS_NAMES, DataError, load_cache, prepare
+from fashion_mnist_lightning.data.images import read_folder
+from fashion_mnist_lightning.data.sampler import EpochShuffle, ImageBatches, keep_batch, split_indices
+
+TRAIN_SIZE = 60_000  # images in the official training set, before the validation split
+
+
+class FashionMNISTDataModule(L.LightningDataModule):
+    """Fashion-MNIST: 55,000 train / 5,000 val (seeded split of the 60k set), 10,000 test; predict = test
+    or a folder of image files.
+
+    Batches are (images uint8 (B, 1, 28, 28), labels int64 (B,)) until they reach the device; then
+    ``on_after_batch_transfer`` turns the images into float in [0, 1], what the model's ``forward`` takes,
+    and (training only) applies the random crop and flip. The data set is one in-memory tensor, so there
+    are no worker processes: they would only add start-up time and copies.
+    """
+
+    def __init__(
+        self,
+        data_dir: str = "data",  # holds the IDX files and/or the uint8 cache
+        batch_size: int = 256,  # training images per optimizer step (per process under DDP)
+        eval_batch_size: int = 1000,  # images per validation / test / predict step
+        val_size: int = 5000,  # images held out of the 60k training set
+        seed: int = 42,  # fixes the train/val split and the shuffle order of every epoch
+        download: bool = True,  # allow torchvision's download when no local copy is found
+        data_on_device: bool = False,  # keep the whole uint8 data set on the training device (GPU) and batch
+        # there: no host-to-device copy per step
+        crop_padding: int = 0,  # training only: shift each image by up to this many pixels (random crop), 0 = off
+        hflip: bool = False,  # training only: mirror each image left-right with probability 0.5
+        predict_dir: str | None = None,  # predict: a folder of image files (PNG, JPEG, ...); None = the test set
+    ):
+        super().__init__()
+        for name, value, low in (("batch_size", batch_size, 1), ("eval_batch_size", eval_batch_size, 1),
+                                 ("crop_padding", crop_padding, 0)):
+            if value < low:
+                raise ValueError(f"--data.{name} must be >= {low}, got {value}")
+        if not 0 <= val_size < TRAIN_SIZE:
+            raise ValueError(f"--data.val_size must be between 0 and {TRAIN_SIZE - 1}, got {val_size}")
+        self.save_hyperparameters()
+        self.data_dir = Path(data_dir)
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        self.val_size, self.seed, self.download = val_size, seed, download
+        self.data_on_device = data_on_device
+        self.crop_padding, self.hflip = crop_padding, hflip
+        self.predict_dir = predict_dir
+        self.class_names = list(CLASS_NAMES)  # linked to the model's class_names by the CLI
+        self.predict_names: list[str] = []  # one per predicted image, in order
+        self.predict_skipped: dict[str, str] = {}  # file name -> why it could not be read
+        self.train_sampler: EpochShuffle | None = None
+        self._sampler_state: dict | None = None  # from a checkpoint, for the next train_dataloader()
+
+    def prepare_data(self) -> None:
+        prepare(self.data_dir, self.download)
+
+    def setup(self, stage: str | None = None) -> None:
+        if stage == "predict" and self.predict_dir is not None:
+            self._setup_predict_folder(Path(self.predict_dir))
+        if hasattr(self, "test_set"):
+            return
+        arrays = load_cache(self.data_dir)
+        train_idx, val_idx = split_indices(len(arrays["train_labels"]), self.val_size, self.seed)
+        images, labels = arrays["train_images"], arrays["train_labels"]
+        self.train_set = ImageBatches(images[train_idx], labels[train_idx])
+        self.val_set = ImageBatches(images[val_idx], labels[val_idx])
+        self.test_set = ImageBatches(arrays["test_images"], arrays["test_labels"])
+        if self.data_on_device and self.trainer is not None:
+            device = self.trainer.strategy.root_device
+            for dataset in (self.train_set, self.val_set, self.test_set):
+                dataset.to(device)
+
+    def train_dataloader(self) -> DataLoader:
+        trainer = self.trainer
+        replicas, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        self.train_sampler = EpochShuffle(len(self.train_set), self.seed, self.batch_size, replicas, rank)
+        if self._sampler_state is not None:
+            self.train_sampler.load_state_dict(self._sampler_state)
+            self._sampler_state = None
+        return self._loader(self.train_set, self.batch_size, sampler=self.train_sampler)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, self.eval_batch_size)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, self.eval_batch_size)
+
+    def predict_dataloader(self) -> DataLoader:
+        if self.predict_dir is None:
+            self.predict_names = [f"test[{i}]" for i in range(len(self.test_set))]
+        return self._loader(getattr(self, "predict_set", self.test_set), self.eval_batch_size)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        images, labels = batch if isinstance(batch, (tuple, list)) else (batch, None)  # bare: example_input_array
+        if images.dtype == torch.uint8:
+            images = images.float().div_(255)  # (B, 1, 28, 28) float in [0, 1]; labels (B,) int64
+        training = labels is not None and self.trainer is not None and self.trainer.training
+        if training and (self.crop_padding or self.hflip):
+            images = augment_batch(images, self.crop_padding, self.hflip)
+        return images if labels is None else (images, labels)
+
+    # ------------------------------------------------------------------------------------------------
+    # checkpoint state: where the training sampler is inside its epoch, for an exact mid-epoch resume.
+    # (Through the DataModule's hooks rather than a stateful DataLoader: Lightning 2.6 does not restore a
+    # loader's state when configure_optimizers asks for estimated_stepping_batches first, as OneCycleLR
+    # does - Lightning-AI/pytorch-lightning#20550.)
+
+    def state_dict(self) -> dict:
+        fitting = self.trainer is not None and self.trainer.state.fn == "fit" and self.train_sampler is not None
+        return {"train_sampler": self.train_sampler.state_dict()} if fitting else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if "train_sampler" not in state:
+            return
+        if self.train_sampler is not None:
+            self.train_sampler.load_state_dict(state["train_sampler"])
+        else:
+            self._sampler_state = state["train_sampler"]
+
+    # ------------------------------------------------------------------------------------------------
+
+    def _setup_predict_folder(self, folder: Path) -> None:
+        if not folder.is_dir():
+            raise DataError(f"--data.predict_dir {folder} is not a folder; pass a folder of image files")
+        self.predict_names, images, self.predict_skipped = read_folder(folder)
+        for name, why in self.predict_skipped.items():
+            print(f"skipped {folder / name}: {why}", file=sys.stderr)
+        if not self.predict_names:
+            raise DataError(f"no readable image files in {folder}; pass a folder of PNG or JPEG files")
+        unknown = torch.full((len(images),), -1)  # no labels for the user's images
+        self.predict_set = ImageBatches(images, unknown)
+
+    def _loader(self, dataset: Dataset, batch_size: int, sampler: Sampler | None = None) -> DataLoader:
+        # its own generator: creating an iterator must not draw from the global RNG (exact resume)
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=keep_batch,
+                          generator=torch.Generator().manual_seed(self.seed))

@@ -1,0 +1,14 @@
+"""How a run survives and is found again: its folder, ``--ckpt_path last``/``best``, atomic checkpoint writes,
+RNG states in every checkpoint, checkpoint-and-stop on SIGINT/SIGTERM, and the stop on a non-finite loss.
+
+Everything resume-related is here, one idea per file:
+
+    folders.py        run folders, evaluation folders, ``last``/``best`` -> a checkpoint path
+    checkpoint_io.py  atomic writes (temp file, fsync, rename) and ``weights_only`` reads with one-line errors
+    rng.py            RNGStates callback: torch/NumPy/Python generator states in every checkpoint
+    signals.py        CheckpointOnSignal callback: Ctrl-C / SIGTERM -> checkpoint at the next batch, exit 128+n
+    guards.py         FiniteLossGuard callback: NaN/Inf gradients stop training before the step
+
+The position inside an epoch is the training sampler's state (``data/sampler.py``), saved through the
+DataModule's ``state_dict``; the running training metrics are persistent metric states of the module.
+"""

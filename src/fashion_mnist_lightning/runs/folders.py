@@ -1,0 +1,132 @@
+"""Where runs live: one folder per run, a separate folder per evaluation, and ``--ckpt_path last`` / ``best``.
+
+    lightning_logs/version_N/                 a training run (events, config.yaml, checkpoints/, PNGs)
+    lightning_logs/version_N/checkpoints/     last.ckpt (always the newest state) and the best checkpoint
+    lightning_logs/version_N/evaluations/test_K/   a later validate/test/predict of this run's checkpoint
+    lightning_logs/evaluations/test_K/        an evaluation of a checkpoint that lives outside any run folder
+
+A new folder is claimed with an atomic ``mkdir`` before the logger uses it, so two commands started at the same
+moment in one place never share a folder. A command that fails before doing any work removes the folder it
+claimed (``release_unused``).
+"""
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+import lightning as L
+
+from fashion_mnist_lightning.runs.checkpoint_io import CheckpointError, read_checkpoint
+
+LAST = "last.ckpt"
+EVALUATIONS = "evaluations"
+VERSION = re.compile(r"version_(\d+)")
+
+claimed: list[Path] = []  # folders this process created with claim(); release_unused() may remove them
+existing: dict[Path, set[Path]] = {}  # a resumed run's folder -> the files it held before this command
+
+
+class ResumeError(RuntimeError):
+    """Nothing to resume or evaluate for ``last``/``best``, stated in one line with its fix."""
+
+
+def run_dir(trainer: L.Trainer) -> Path:
+    """The folder this run writes into: the parent of its ``checkpoints/``, as Lightning builds it from the
+    logger (``save_dir/name/version``). No collective: safe to call on rank 0 alone."""
+    logger = trainer.logger
+    if logger is None:
+        return Path(trainer.default_root_dir)
+    version = logger.version if isinstance(logger.version, str) else f"version_{logger.version}"
+    return Path(logger.save_dir or trainer.default_root_dir) / str(logger.name or "") / version
+
+
+def run_of(checkpoint: str | os.PathLike) -> Path | None:
+    """The run folder holding ``checkpoint`` (``<run>/checkpoints/x.ckpt``), or None for a checkpoint elsewhere."""
+    folder = Path(checkpoint).resolve().parent
+    return folder.parent if folder.name == "checkpoints" else None
+
+
+def runs(root: Path) -> list[Path]:
+    """``root/version_N`` folders, highest N first (``version_10`` before ``version_9``)."""
+    found = [(int(m.group(1)), p) for p in root.glob("version_*") if (m := VERSION.fullmatch(p.name)) and p.is_dir()]
+    return [path for _, path in sorted(found, reverse=True)]
+
+
+def newest_checkpoint(root: Path, which: str) -> Path:
+    """``last``: the newest run's ``checkpoints/last.ckpt``; ``best``: the best checkpoint of the newest run that
+    has one (its ModelCheckpoint's ``best_model_path``, as recorded in that run's last.ckpt)."""
+    for run in runs(root):
+        last = run / "checkpoints" / LAST
+        if not last.is_file():
+            continue
+        if which == "last":
+            return last
+        best = best_checkpoint(last)
+        if best is not None:
+            return best
+    raise ResumeError(f"--ckpt_path {which}: no run in {root} has a{' best' if which == 'best' else ''} "
+                      f"checkpoint ({root}/version_N/checkpoints/{LAST if which == 'last' else '*.ckpt'}); "
+                      "train one first (make train), or pass the path of a .ckpt file")
+
+
+def resolve_checkpoint(value: str | os.PathLike, root: Path = Path("lightning_logs")) -> Path:
+    """A checkpoint path as given, or for ``last`` / ``best`` the newest run's under ``root`` (the tools' way of
+    reading ``--ckpt_path``; the CLI searches the configured logger's folder instead)."""
+    return newest_checkpoint(root, str(value)) if str(value) in ("last", "best") else Path(value)
+
+
+def best_checkpoint(last: Path) -> Path | None:
+    """The monitored ModelCheckpoint's best file, looked up in the run's checkpoint folder by name (the stored
+    path is relative to wherever training was started)."""
+    try:
+        states = read_checkpoint(last).get("callbacks", {})
+    except CheckpointError:
+        return None
+    for key, state in states.items():
+        if key.startswith("ModelCheckpoint") and state.get("monitor") and state.get("best_model_path"):
+            best = last.parent / Path(state["best_model_path"]).name
+            if best.is_file():
+                return best
+    return None
+
+
+def claim(parent: Path, prefix: str, start: int = 0) -> tuple[Path, str]:
+    """Create ``parent/<prefix><K>`` for the smallest free K >= start, atomically; return (folder, its name)."""
+    missing = [p for p in (parent, *parent.parents) if not p.exists()]
+    parent.mkdir(parents=True, exist_ok=True)
+    claimed.extend(reversed(missing))  # released after the folder, innermost first, if still empty
+    k = start
+    while True:
+        folder = parent / f"{prefix}{k}"
+        try:
+            folder.mkdir()
+        except FileExistsError:
+            k += 1
+            continue
+        claimed.append(folder)
+        return folder, folder.name
+
+
+def next_version(root: Path) -> int:
+    newest = runs(root)
+    return int(VERSION.fullmatch(newest[0].name).group(1)) + 1 if newest else 0
+
+
+def watch(folder: Path) -> None:
+    """Remember what ``folder`` holds now, so a command refused before doing any work can remove what it added."""
+    existing[folder] = {p for p in folder.rglob("*") if p.is_file()}
+
+
+def release_unused() -> None:
+    """Undo what a command that failed before doing any work wrote: the folders it claimed (unless they hold a
+    checkpoint) and the files it added to a run it was about to resume (a logger's fresh event file).
+    Called on a user error only; a run that failed mid-way keeps its record."""
+    for folder, before in existing.items():
+        for path in {p for p in folder.rglob("*") if p.is_file()} - before:
+            path.unlink(missing_ok=True)
+    existing.clear()
+    while claimed:
+        folder = claimed.pop()
+        if folder.is_dir() and not any(folder.rglob("*.ckpt")):
+            shutil.rmtree(folder, ignore_errors=True)

@@ -1,0 +1,98 @@
+"""Every shipped config through the commands users run on it, progress bar on: fit, SIGTERM mid-epoch, resume
+with --ckpt_path last, validate / test / predict on its best checkpoint, report, export. GPU-only configs: the
+one-line error, then the same with --trainer.accelerator cpu. And the debug presets stacked on a recipe."""
+
+import signal
+
+import pytest
+import torch
+import yaml
+
+from conftest import ROOT, finish, progress, wait_for
+
+RECIPES = sorted(p.stem for p in (ROOT / "configs").glob("*.yaml") if p.stem != "base")
+GPU_ONLY = {"gpu", "gpu_ddp"}
+PRESETS = sorted(p.stem for p in (ROOT / "configs" / "debug").glob("*.yaml"))
+EPOCH = 120  # training batches per epoch: long enough to land a signal inside an epoch
+LIMITS = f"--trainer.max_epochs=2 --trainer.limit_train_batches={EPOCH} --trainer.limit_val_batches=2"
+EVAL_LIMITS = "--trainer.limit_val_batches=2 --trainer.limit_test_batches=2 --trainer.limit_predict_batches=2"
+
+
+def test_the_recipe_list_is_what_the_readme_promises():
+    assert RECIPES == ["ddp_cpu", "default", "fast", "gpu", "gpu_ddp", "seed", "strong"]
+    assert PRESETS == ["anomaly", "early_stopping", "limit", "overfit", "profiler"]
+
+
+def test_recipes_state_only_what_they_change():
+    """The shared setup lives in base.yaml only: no recipe repeats the logger or the callback list, and none sets
+    an optimizer lr that a OneCycle schedule would overwrite."""
+    for name in RECIPES:
+        recipe = yaml.safe_load((ROOT / "configs" / f"{name}.yaml").read_text())
+        trainer = recipe.get("trainer", {})
+        assert "logger" not in trainer and "callbacks" not in trainer, name
+        model = recipe.get("model", {})
+        if (model.get("scheduler") or {}).get("class_path", "").endswith("OneCycleLR"):
+            assert "lr" not in model["optimizer"].get("init_args", {}), name
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", RECIPES)
+def test_every_config_through_fit_interrupt_resume_evaluate_report_export(workspace, name):
+    env = {"OMP_NUM_THREADS": "1"} if "ddp" in name else None
+    config = f"--config configs/{name}.yaml"
+    cpu = ""
+    if name in GPU_ONLY:
+        result = workspace.run(f"fashion-mnist fit {config}", expect=2, env=env)
+        assert "--trainer.accelerator cpu" in result.error and not (workspace.path / "lightning_logs").exists()
+        cpu = "--trainer.accelerator cpu"
+
+    process, log = workspace.start(f"fashion-mnist fit {config} {cpu} {LIMITS}", env=env)
+    wait_for(lambda: progress(log, 0) >= 1 or progress(log, 1) >= 1, 600, "the first progress-bar update", process)
+    process.send_signal(signal.SIGTERM)
+    stopped = finish(process, log, timeout=300)
+    assert stopped.returncode == 128 + signal.SIGTERM, stopped.output[-2000:]
+    [run] = workspace.runs()
+    steps = torch.load(run / "checkpoints/last.ckpt", weights_only=True)["global_step"]
+    recipe = yaml.safe_load((ROOT / "configs" / f"{name}.yaml").read_text())
+    processes = recipe.get("trainer", {}).get("devices", 1)
+    per_process = -(-55_000 // processes)  # each process's share of the 55k training images
+    total = 2 * min(EPOCH, -(-per_process // recipe.get("data", {}).get("batch_size", 256)))
+    assert 0 < steps < total, (steps, total)
+
+    workspace.run(f"fashion-mnist fit {config} {cpu} {LIMITS} --ckpt_path last", env=env, timeout=600)
+    assert torch.load(run / "checkpoints/last.ckpt", weights_only=True)["global_step"] == total
+    assert [p.name for p in workspace.runs()] == ["version_0"]
+
+    for command in ("validate", "test", "predict"):
+        workspace.run(f"fashion-mnist {command} {config} {cpu} --ckpt_path best {EVAL_LIMITS}", env=env, timeout=600)
+    evaluations = run / "evaluations"
+    assert sorted(p.name for p in evaluations.iterdir()) == ["predict_0", "test_0", "validate_0"]
+    assert (evaluations / "predict_0/predictions.csv").is_file()
+    assert (evaluations / "test_0/confusion_matrix_test.png").is_file()
+
+    workspace.run("fashion-mnist report --ckpt_path best")
+    assert (run / "report/report.md").is_file()
+    workspace.run("fashion-mnist export --ckpt_path best --format onnx")
+    assert len(list((run / "export").glob("*.onnx"))) == 1
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_every_debug_preset_stacks_on_a_recipe(workspace, preset):
+    small = "" if preset == "overfit" else "--trainer.limit_train_batches=10 --trainer.limit_val_batches=1"
+    epochs = "--trainer.max_epochs=30" if preset == "overfit" else "--trainer.max_epochs=1"
+    result = workspace.run(f"fashion-mnist fit --config configs/fast.yaml --config configs/debug/{preset}.yaml "
+                           f"{epochs} {small} --model.optimizer.init_args.lr=0.01", timeout=400)
+    recipe = yaml.safe_load((workspace.runs()[0] / "config.yaml").read_text())
+    if preset == "profiler":
+        assert "FIT Profiler Report" in result.output
+    if preset == "anomaly":
+        assert recipe["trainer"]["detect_anomaly"] is True
+    if preset == "early_stopping":
+        assert recipe["trainer"]["callbacks"][-1]["class_path"].endswith("EarlyStopping")
+        assert len(recipe["trainer"]["callbacks"]) == 7  # the shared six, plus this one
+    if preset == "overfit":
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        events = EventAccumulator(str(workspace.runs()[0]), size_guidance={"scalars": 0})
+        events.Reload()
+        assert events.Scalars("train/acc")[-1].value > 0.95  # four batches, learned by heart

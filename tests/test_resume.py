@@ -1,0 +1,162 @@
+"""Resume and faults, with real processes and real signals: exact resume (weights, RNG, position, running
+metrics), extending a finished run, atomic checkpoints under kill -9 and a full disk, a NaN loss."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from conftest import finish, progress, same_weights, wait_for, weights
+from fashion_mnist_lightning.runs.checkpoint_io import AtomicCheckpointIO
+
+FAST = "fashion-mnist fit --config configs/fast.yaml"
+RANDOM = "--data.crop_padding=2 --data.hflip=true"  # augmentation draws from the RNG every step
+LONG = "--trainer.limit_train_batches=120"  # long enough to land a signal mid-epoch
+
+
+def epoch_scalars(run: Path) -> dict[str, list[float]]:
+    events = EventAccumulator(str(run), size_guidance={"scalars": 0})
+    events.Reload()
+    return {tag: [e.value for e in events.Scalars(tag)] for tag in ("train/acc", "train/loss_epoch", "val/acc")}
+
+
+def test_resume_from_an_end_of_epoch_checkpoint_with_random_augmentation_is_bit_identical(workspace, tmp_path):
+    workspace.run(f"{FAST} {RANDOM} --trainer.max_epochs=2")
+    straight = workspace.runs()[0]
+    shutil.move(straight, tmp_path / "straight")
+    workspace.run(f"{FAST} {RANDOM} --trainer.max_epochs=1")
+    checkpoint = torch.load(workspace.runs()[0] / "checkpoints/last.ckpt", weights_only=True)
+    assert {"torch", "numpy", "python"} <= checkpoint["callbacks"]["RNGStates"].keys()
+    workspace.run(f"{FAST} {RANDOM} --trainer.max_epochs=2 --ckpt_path last")
+    assert same_weights(weights(tmp_path / "straight/checkpoints/last.ckpt"),
+                        weights(workspace.runs()[0] / "checkpoints/last.ckpt"))
+    assert epoch_scalars(tmp_path / "straight") == epoch_scalars(workspace.runs()[0])
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_mid_epoch_checkpoints_and_the_resume_ends_identically_curves_included(workspace, tmp_path, signum):
+    workspace.run(f"{FAST} {RANDOM} {LONG} --trainer.max_epochs=2")
+    shutil.move(workspace.runs()[0], tmp_path / "straight")
+
+    process, log = workspace.start(f"{FAST} {RANDOM} {LONG} --trainer.max_epochs=2")
+    wait_for(lambda: progress(log, 0) >= 20, 180, "batch 20 of epoch 0", process)
+    process.send_signal(signum)
+    result = finish(process, log)
+    assert result.returncode == 128 + signum, result.output[-2000:]
+    [line] = result.lines("stopped:")
+    assert f"{signal.Signals(signum).name} received" in line and "--ckpt_path last" in line
+    run = workspace.runs()[0]
+    done = torch.load(run / "checkpoints/last.ckpt", weights_only=True)["global_step"]
+    assert 20 <= done < 120, done  # stopped inside epoch 0
+
+    workspace.run(f"{FAST} {RANDOM} {LONG} --trainer.max_epochs=2 --ckpt_path last")
+    assert [p.name for p in workspace.runs()] == ["version_0"]
+    assert same_weights(weights(tmp_path / "straight/checkpoints/last.ckpt"), weights(run / "checkpoints/last.ckpt"))
+    # the interrupted epoch's train/acc and train/loss_epoch cover all its batches, as in the straight run
+    assert epoch_scalars(tmp_path / "straight") == epoch_scalars(run)
+
+
+def test_extending_a_finished_run_with_a_run_length_schedule_is_refused_in_one_line(workspace):
+    workspace.run("fashion-mnist fit --config configs/default.yaml --trainer.max_epochs=1 "
+                  "--trainer.limit_train_batches=10 --trainer.limit_val_batches=1")
+    run = workspace.runs()[0]
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    result = workspace.run("fashion-mnist fit --config configs/default.yaml --trainer.max_epochs=2 "
+                           "--trainer.limit_train_batches=10 --trainer.limit_val_batches=1 --ckpt_path last", expect=2)
+    assert "OneCycleLR schedule was built for 10 steps" in result.error and "max_epochs" in result.error
+    after = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    assert after == before  # nothing of the run was touched (config.yaml included)
+
+
+def test_extending_a_run_without_a_length_bound_schedule_continues_exactly(workspace, tmp_path):
+    """seed.yaml has no schedule: 1 epoch + 1 more equals 2 epochs straight."""
+    limits = "--trainer.limit_train_batches=10 --trainer.limit_val_batches=1"
+    workspace.run(f"fashion-mnist fit --config configs/seed.yaml --trainer.max_epochs=2 {limits}")
+    shutil.move(workspace.runs()[0], tmp_path / "straight")
+    workspace.run(f"fashion-mnist fit --config configs/seed.yaml {limits}")
+    workspace.run(f"fashion-mnist fit --config configs/seed.yaml --trainer.max_epochs=2 {limits} --ckpt_path last")
+    assert same_weights(weights(tmp_path / "straight/checkpoints/last.ckpt"),
+                        weights(workspace.runs()[0] / "checkpoints/last.ckpt"))
+
+
+def test_a_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(workspace):
+    """A schedule that multiplies the learning rate by 1e15 after epoch 0 makes the loss blow up in epoch 1:
+    exit 1, one line naming the step, and epoch 0's checkpoints stay finite."""
+    schedule = ("--model.scheduler=torch.optim.lr_scheduler.StepLR --model.scheduler.init_args.step_size=12 "
+                "--model.scheduler.init_args.gamma=1e15")
+    result = workspace.run(f"{FAST} --trainer.max_epochs=3 --trainer.limit_train_batches=12 {schedule}", expect=1)
+    line = result.error
+    assert "training loss is" in line and ("nan" in line or "inf" in line)
+    step = int(line.split("at global step ")[1].split()[0])
+    assert 12 <= step < 24  # in epoch 1, after the blow-up
+    last = torch.load(workspace.runs()[0] / "checkpoints/last.ckpt", weights_only=True)
+    assert last["global_step"] == 12
+    assert all(torch.isfinite(v).all() for v in last["state_dict"].values() if v.is_floating_point())
+
+
+WRITER = """
+import itertools, sys, torch
+from fashion_mnist_lightning.runs.checkpoint_io import AtomicCheckpointIO
+io, path = AtomicCheckpointIO(), sys.argv[1]
+start = torch.load(path, weights_only=True)["step"] + 1 if __import__("os").path.exists(path) else 0
+print("ready", flush=True)
+for step in itertools.count(start):
+    io.save_checkpoint({"step": step, "weights": torch.full((2_000_000,), float(step))}, path)
+    print(f"saved {step}", flush=True)
+"""
+
+
+def test_kill_9_while_writing_leaves_a_complete_checkpoint(tmp_path):
+    path = tmp_path / "checkpoints" / "last.ckpt"
+    steps, mid_write = [], 0
+    for attempt in range(20):
+        writer = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], stdout=subprocess.PIPE, text=True)
+        assert writer.stdout.readline().strip() == "ready"
+        writer.stdout.readline()  # one save done: the next one is under way
+        time.sleep(0.003 * attempt)  # land at different moments of a write (~20-40 ms each)
+        writer.kill()  # SIGKILL: no handler, no cleanup
+        writer.wait()
+        mid_write += any(p.name.startswith(".tmp-") for p in path.parent.iterdir())  # killed inside a write
+        checkpoint = torch.load(path, weights_only=True)  # must always load: the old or the new file
+        assert torch.equal(checkpoint["weights"], torch.full((2_000_000,), float(checkpoint["step"])))
+        steps.append(checkpoint["step"])
+    assert mid_write >= 5, f"only {mid_write} of 20 kills landed inside a write"
+    assert steps == sorted(steps) and steps[-1] > steps[0]  # the writers made progress; nothing went back
+    AtomicCheckpointIO().save_checkpoint({"step": -1}, path)  # the next save sweeps partial files
+    assert sorted(p.name for p in path.parent.iterdir()) == ["last.ckpt"]
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 1.4 MB file system (tmpfs, mode 1777) to fill up. Mounting needs root: CI runs as root; elsewhere
+    passwordless sudo (GitHub's runners) does it, and without either the test is skipped."""
+    mount = tmp_path / "small-disk"
+    mount.mkdir()
+    sudo = [] if os.geteuid() == 0 else ["sudo", "-n"]
+    done = subprocess.run([*sudo, "mount", "-t", "tmpfs", "-o", "size=1400k,mode=1777", "tmpfs", str(mount)],
+                          capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here ({done.stderr.decode().strip()[:100]}); CI runs as root")
+    yield mount
+    subprocess.run([*sudo, "umount", "-l", str(mount)], check=False)
+
+
+def test_a_disk_that_fills_up_during_a_checkpoint_save_is_one_line_and_keeps_the_earlier_checkpoint(
+        workspace, small_disk):
+    """A fast.yaml checkpoint is ~0.43 MB and an epoch adds ~0.16 MB of events: epoch 0 fits in 1.4 MB, the
+    next checkpoint save (a new file beside the old one) does not."""
+    result = workspace.run(f"{FAST} --trainer.max_epochs=4 --trainer.limit_train_batches=5 "
+                           f"--trainer.logger.init_args.save_dir={small_disk}", expect=1)
+    assert "No space left on device" in result.error and "--ckpt_path last" in result.error
+    assert str(small_disk) in result.error  # names the file it could not write
+    last = small_disk / "lightning_logs/version_0/checkpoints/last.ckpt"
+    checkpoint = torch.load(last, weights_only=True)  # the earlier checkpoint is complete
+    assert checkpoint["global_step"] >= 5
+    assert not [p for p in last.parent.iterdir() if p.name.startswith(".tmp-")]  # no partial file left
