@@ -2,15 +2,15 @@
 """`make bench`: one training epoch of the seed CNN through four paths, interleaved, in ONE run.
 
   (a) template  - `fashion-mnist fit --config configs/default.yaml`, default callbacks, logger, progress bar on
-  (b) raw       - ../shared/anchors/raw_loop.py: a hand-written in-memory loop
-  (c) seed      - ../shared/anchors/seed_loop.py: the seed article's loop (torchvision + ToTensor + DataLoader)
+  (b) raw       - benchmarks/anchors/raw_loop.py: a hand-written in-memory loop
+  (c) seed      - benchmarks/anchors/seed_loop.py: the seed article's loop (torchvision + ToTensor + DataLoader)
   (d) peer      - benchmarks/peer_path.py: the same LightningModule fed the usual way (torchvision + ToTensor)
 
 Each repetition runs every path once, in turn, for 2 epochs; the second (steady-state) epoch is the figure.
 Also: the data loader alone, time to the first training step, predict throughput and peak memory, the
 NumPy reference's forward over the 10k test images, and a cProfile summary of the template's epoch.
 Writes benchmarks/results/bench.json and bench.md. Fails only on errors, never on a ratio.
-  python benchmarks/bench.py [--reps 3] [--batch-size 256] [--make-train]
+  python benchmarks/bench.py [--reps 3] [--batch-size 256] [--make-train] [--smoke]
 """
 
 import argparse
@@ -30,19 +30,19 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "benchmarks"
 RESULTS = BENCH / "results"
-ANCHORS = Path(os.environ.get("ANCHORS_DIR", ROOT.parent / "shared" / "anchors"))
+ANCHORS = BENCH / "anchors"  # the baseline loops, as shipped with the project brief (shared/anchors)
 PY = sys.executable
 # The template trains on its 55k split; the anchors and the peer path on all 60k: ratios compare time per image.
 IMAGES = {"template": 55_000, "raw": 60_000, "seed": 60_000, "peer": 60_000}
 
 
-def run(cmd: list[str], env_extra: dict | None = None, log: Path | None = None,
-        stderr_out: bool = False) -> tuple[str, float, int]:
+def run(
+    cmd: list[str], env_extra: dict | None = None, log: Path | None = None, stderr_out: bool = False
+) -> tuple[str, float, int]:
     """Run a command; return (stdout, wall seconds, peak RSS in MiB of that process).
 
     ``stderr_out``: stderr goes into the returned text too (Lightning prints its profiler summary there)."""
-    env = {**os.environ, "PYTHONPATH": f"{BENCH}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-           **(env_extra or {})}
+    env = {**os.environ, "PYTHONPATH": f"{BENCH}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", **(env_extra or {})}
     out = tempfile.TemporaryFile()
     err = subprocess.STDOUT if stderr_out else open(log, "ab") if log else subprocess.DEVNULL
     start = time.perf_counter()
@@ -72,8 +72,17 @@ def raw_data_dir() -> Path:
 
 
 def template_cmd(logs: Path, *extra: str) -> list[str]:
-    return [PY, "-m", "fashion_mnist_lightning.cli", "fit", "--config", "configs/default.yaml",
-            f"--trainer.logger.init_args.save_dir={logs}", "--trainer.callbacks+=timing.BenchTimer", *extra]
+    return [
+        PY,
+        "-m",
+        "fashion_mnist_lightning.cli",
+        "fit",
+        "--config",
+        "configs/default.yaml",
+        f"--trainer.logger.init_args.save_dir={logs}",
+        "--trainer.callbacks+=timing.BenchTimer",
+        *extra,
+    ]
 
 
 def epoch_paths(args, data_dir: Path, logs: Path, log: Path) -> dict[str, list[float]]:
@@ -87,12 +96,38 @@ def epoch_paths(args, data_dir: Path, logs: Path, log: Path) -> dict[str, list[f
                 run(template_cmd(logs, "--trainer.max_epochs=2", f"--data.batch_size={bs}"), env, log)
                 epochs = [r["epoch_s"] for r in records(out_file) if "epoch_s" in r]
             elif name == "peer":
-                run([PY, str(BENCH / "peer_path.py"), "--data-dir", str(data_dir), "--epochs", "2",
-                     "--batch-size", bs, "--log-dir", str(logs)], env, log)
+                run(
+                    [
+                        PY,
+                        str(BENCH / "peer_path.py"),
+                        "--data-dir",
+                        str(data_dir),
+                        "--epochs",
+                        "2",
+                        "--batch-size",
+                        bs,
+                        "--log-dir",
+                        str(logs),
+                    ],
+                    env,
+                    log,
+                )
                 epochs = [r["epoch_s"] for r in records(out_file) if "epoch_s" in r]
             else:
-                stdout, _, _ = run([PY, str(ANCHORS / f"{name}_loop.py"), "--data-dir", str(data_dir),
-                                    "--epochs", "2", "--batch-size", bs], None, log)
+                stdout, _, _ = run(
+                    [
+                        PY,
+                        str(ANCHORS / f"{name}_loop.py"),
+                        "--data-dir",
+                        str(data_dir),
+                        "--epochs",
+                        "2",
+                        "--batch-size",
+                        bs,
+                    ],
+                    None,
+                    log,
+                )
                 epochs = json.loads(stdout.strip().splitlines()[-1])["epoch_s"]
             times[name].append(epochs[-1])
             print(f"rep {rep + 1}/{args.reps} {name:9s} epoch {epochs[-1]:.2f} s", flush=True)
@@ -120,19 +155,40 @@ print(min(seconds))
 def first_step_and_predict(logs: Path, log: Path) -> dict:
     out_file = Path(tempfile.mktemp(suffix=".jsonl"))
     env = {"BENCH_OUT": str(out_file), "BENCH_T0": str(time.time())}
-    run(template_cmd(logs, "--trainer.max_epochs=1", "--trainer.limit_train_batches=5",
-                     "--trainer.limit_val_batches=1"), env, log)
+    run(
+        template_cmd(
+            logs, "--trainer.max_epochs=1", "--trainer.limit_train_batches=5", "--trainer.limit_val_batches=1"
+        ),
+        env,
+        log,
+    )
     first = next(r["first_step_s"] for r in records(out_file) if "first_step_s" in r)
     ckpt = sorted(logs.glob("lightning_logs/version_*/checkpoints/last.ckpt"))[-1]
     predict_out = Path(tempfile.mktemp(suffix=".jsonl"))
     _, predict_wall, predict_rss = run(
-        [PY, "-m", "fashion_mnist_lightning.cli", "predict", "--config", "configs/default.yaml",
-         f"--ckpt_path={ckpt}", f"--trainer.logger.init_args.save_dir={logs}",
-         "--trainer.callbacks+=timing.BenchTimer"], {"BENCH_OUT": str(predict_out)}, log)
+        [
+            PY,
+            "-m",
+            "fashion_mnist_lightning.cli",
+            "predict",
+            "--config",
+            "configs/default.yaml",
+            f"--ckpt_path={ckpt}",
+            f"--trainer.logger.init_args.save_dir={logs}",
+            "--trainer.callbacks+=timing.BenchTimer",
+        ],
+        {"BENCH_OUT": str(predict_out)},
+        log,
+    )
     predicted = next(r for r in records(predict_out) if "images_per_s" in r)
-    return {"first_step_s": first, "predict_images_per_s": predicted["images_per_s"],
-            "predict_images": predicted["predict_images"], "predict_wall_s": predict_wall,
-            "predict_max_rss_mib": predict_rss, "ckpt": str(ckpt)}
+    return {
+        "first_step_s": first,
+        "predict_images_per_s": predicted["images_per_s"],
+        "predict_images": predicted["predict_images"],
+        "predict_wall_s": predict_wall,
+        "predict_max_rss_mib": predict_rss,
+        "ckpt": str(ckpt),
+    }
 
 
 def reference_forward(ckpt: str) -> float:
@@ -171,36 +227,76 @@ print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12, max
 def profile(logs: Path, log: Path) -> str:
     """Three views of where a training epoch goes, largest first, into profile.txt."""
     sections = []
-    simple, _, _ = run([PY, "-m", "fashion_mnist_lightning.cli", "fit", "--config", "configs/default.yaml",
-                        f"--trainer.logger.init_args.save_dir={logs}", "--trainer.max_epochs=2",
-                        "--trainer.limit_val_batches=0", "--trainer.profiler=simple",
-                        "--trainer.enable_progress_bar=false"], {"PYTHONUNBUFFERED": "1"}, log, stderr_out=True)
+    simple, _, _ = run(
+        [
+            PY,
+            "-m",
+            "fashion_mnist_lightning.cli",
+            "fit",
+            "--config",
+            "configs/default.yaml",
+            f"--trainer.logger.init_args.save_dir={logs}",
+            "--trainer.max_epochs=2",
+            "--trainer.limit_val_batches=0",
+            "--trainer.profiler=simple",
+            "--trainer.enable_progress_bar=false",
+        ],
+        {"PYTHONUNBUFFERED": "1"},
+        log,
+        stderr_out=True,
+    )
     cells = [[c.strip() for c in line.strip("|\t ").split("|")] for line in simple.splitlines() if line.startswith("|")]
     rows = [f"{c[0][:58]:58s} {c[1]:>18s} {c[2]:>10s} {c[3]:>15s} {c[4]:>13s}" for c in cells[:14] if len(c) >= 5]
-    sections.append("1. Lightning's SimpleProfiler over 2 training epochs (`--trainer.profiler=simple`): seconds per "
-                    "hook and step phase\n\n" + "\n".join(rows))
+    sections.append(
+        "1. Lightning's SimpleProfiler over 2 training epochs (`--trainer.profiler=simple`): seconds per "
+        "hook and step phase\n\n" + "\n".join(rows)
+    )
     ops, _, _ = run([PY, "-c", OP_PROFILE])
-    sections.append("2. torch.profiler over 100 training steps of the default config's module (batch 256, "
-                    "channels_last): the ops\n\n" + "\n".join(line for line in ops.splitlines()
-                                                                  if not line.startswith(("USDT", "ERROR"))))
+    sections.append(
+        "2. torch.profiler over 100 training steps of the default config's module (batch 256, "
+        "channels_last): the ops\n\n"
+        + "\n".join(line for line in ops.splitlines() if not line.startswith(("USDT", "ERROR")))
+    )
     prof = RESULTS / "template_epoch.prof"
-    run([PY, "-m", "cProfile", "-o", str(prof), "-m", "fashion_mnist_lightning.cli", "fit", "--config",
-         "configs/default.yaml", f"--trainer.logger.init_args.save_dir={logs}", "--trainer.max_epochs=1",
-         "--trainer.limit_val_batches=0"], None, log)
+    run(
+        [
+            PY,
+            "-m",
+            "cProfile",
+            "-o",
+            str(prof),
+            "-m",
+            "fashion_mnist_lightning.cli",
+            "fit",
+            "--config",
+            "configs/default.yaml",
+            f"--trainer.logger.init_args.save_dir={logs}",
+            "--trainer.max_epochs=1",
+            "--trainer.limit_val_batches=0",
+        ],
+        None,
+        log,
+    )
     stream = io.StringIO()
     pstats.Stats(str(prof), stream=stream).strip_dirs().sort_stats("tottime").print_stats(15)
-    sections.append("3. cProfile of one `fashion-mnist fit` epoch, imports and set-up included (Python-level "
-                    "view)\n" + stream.getvalue())
+    sections.append(
+        "3. cProfile of one `fashion-mnist fit` epoch, imports and set-up included (Python-level "
+        "view)\n" + stream.getvalue()
+    )
     summary = RESULTS / "profile.txt"
     summary.write_text("\n\n".join(sections) + "\n")
     return summary.read_text()
 
 
-def make_train() -> dict:
-    text, wall, rss = run(["make", "train", "ARGS=--trainer.enable_progress_bar=false"], None,
-                          RESULTS / "make_train.log")
-    return {"make_train_wall_s": wall, "make_train_max_rss_mib": rss,
-            "make_train_summary": [line for line in text.splitlines() if line.startswith("test accuracy")]}
+def make_train(extra: str = "") -> dict:
+    text, wall, rss = run(
+        ["make", "train", f"ARGS=--trainer.enable_progress_bar=false {extra}".strip()], None, RESULTS / "make_train.log"
+    )
+    return {
+        "make_train_wall_s": wall,
+        "make_train_max_rss_mib": rss,
+        "make_train_summary": [line for line in text.splitlines() if line.startswith("test accuracy")],
+    }
 
 
 def main() -> None:
@@ -208,7 +304,16 @@ def main() -> None:
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=256, help="the default config's batch size")
     p.add_argument("--make-train", action="store_true", help="also time a full `make train` (about 80 s)")
+    p.add_argument(
+        "--smoke",
+        action="store_true",
+        help="one repetition and a 1-epoch `make train`: checks that "
+        "every step runs, in ~3 minutes; results go to benchmarks/results/smoke/, not over the real ones",
+    )
     args = p.parse_args()
+    global RESULTS
+    if args.smoke:
+        args.reps, RESULTS = 1, RESULTS / "smoke"
     RESULTS.mkdir(parents=True, exist_ok=True)
     log = RESULTS / "bench.log"
     log.write_text("")
@@ -216,24 +321,35 @@ def main() -> None:
     logs = Path(tempfile.mkdtemp(prefix="bench-logs-"))
 
     times = epoch_paths(args, data_dir, logs, log)
-    summary = {name: {"median_s": statistics.median(v), "min_s": min(v), "all_s": v, "images": IMAGES[name],
-                      "median_us_per_image": 1e6 * statistics.median(v) / IMAGES[name]}
-               for name, v in times.items()}
+    summary = {
+        name: {
+            "median_s": statistics.median(v),
+            "min_s": min(v),
+            "all_s": v,
+            "images": IMAGES[name],
+            "median_us_per_image": 1e6 * statistics.median(v) / IMAGES[name],
+        }
+        for name, v in times.items()
+    }
     per_image = {name: s["median_us_per_image"] for name, s in summary.items()}
     result = {
         "date": date.today().isoformat(),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.processor() or 'cpu'}, "
-                   f"Python {platform.python_version()}",
-        "batch_size": args.batch_size, "reps": args.reps, "epochs": summary,
-        "ratios_per_image": {"template_over_raw": per_image["template"] / per_image["raw"],
-                             "seed_over_template": per_image["seed"] / per_image["template"],
-                             "peer_over_template": per_image["peer"] / per_image["template"]},
+        f"Python {platform.python_version()}",
+        "batch_size": args.batch_size,
+        "reps": args.reps,
+        "epochs": summary,
+        "ratios_per_image": {
+            "template_over_raw": per_image["template"] / per_image["raw"],
+            "seed_over_template": per_image["seed"] / per_image["template"],
+            "peer_over_template": per_image["peer"] / per_image["template"],
+        },
         "loader_epoch_s_batch100": loader_epoch(100),
         **first_step_and_predict(logs, log),
     }
     result["numpy_reference_forward_10k_s"] = reference_forward(result.pop("ckpt"))
     if args.make_train:
-        result.update(make_train())
+        result.update(make_train("--trainer.max_epochs=1" if args.smoke else ""))
     profile(logs, log)
     (RESULTS / "bench.json").write_text(json.dumps(result, indent=2) + "\n")
     (RESULTS / "bench.md").write_text(markdown(result))
@@ -248,24 +364,35 @@ def markdown(r: dict) -> str:
         ("(c) the seed article's loop (anchors/seed_loop.py)", "seed"),
         ("(d) same LightningModule, torchvision + ToTensor + DataLoader", "peer"),
     ]
-    lines = [f"Benchmark of {r['date']} on {r['machine']}; batch {r['batch_size']}, {r['reps']} interleaved "
-             "repetitions, second epoch of each run (`make bench`).", "",
-             "| path | images / epoch | epoch median (s) | epoch min (s) | median us / image |",
-             "|---|---|---|---|---|"]
-    lines += [f"| {label} | {e[k]['images']:,} | {e[k]['median_s']:.2f} | {e[k]['min_s']:.2f} "
-              f"| {e[k]['median_us_per_image']:.1f} |" for label, k in rows]
-    lines += ["", "Ratios compare time per image (the template's epoch is its 55k train split):",
-              f"- template / raw loop: **{q['template_over_raw']:.2f}x** (target <= 1.15x)",
-              f"- seed loop / template: **{q['seed_over_template']:.2f}x** faster (target >= 1.5x)",
-              f"- peer path / template: **{q['peer_over_template']:.2f}x** faster (target >= 2.5x)",
-              f"- data loader alone, one epoch of 55k images at batch 100: {r['loader_epoch_s_batch100']:.3f} s",
-              f"- time to first training step (imports + set-up): {r['first_step_s']:.1f} s",
-              f"- predict: {r['predict_images_per_s']:,.0f} images/s over {r['predict_images']} images; "
-              f"peak RSS {r['predict_max_rss_mib']} MiB",
-              f"- NumPy reference CNN forward over the 10k test images: {r['numpy_reference_forward_10k_s']:.2f} s"]
+    lines = [
+        f"Benchmark of {r['date']} on {r['machine']}; batch {r['batch_size']}, {r['reps']} interleaved "
+        "repetitions, second epoch of each run (`make bench`).",
+        "",
+        "| path | images / epoch | epoch median (s) | epoch min (s) | median us / image |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {label} | {e[k]['images']:,} | {e[k]['median_s']:.2f} | {e[k]['min_s']:.2f} "
+        f"| {e[k]['median_us_per_image']:.1f} |"
+        for label, k in rows
+    ]
+    lines += [
+        "",
+        "Ratios compare time per image (the template's epoch is its 55k train split):",
+        f"- template / raw loop: **{q['template_over_raw']:.2f}x** (target <= 1.15x)",
+        f"- seed loop / template: **{q['seed_over_template']:.2f}x** faster (target >= 1.5x)",
+        f"- peer path / template: **{q['peer_over_template']:.2f}x** faster (target >= 2.5x)",
+        f"- data loader alone, one epoch of 55k images at batch 100: {r['loader_epoch_s_batch100']:.3f} s",
+        f"- time to first training step (imports + set-up): {r['first_step_s']:.1f} s",
+        f"- predict: {r['predict_images_per_s']:,.0f} images/s over {r['predict_images']} images; "
+        f"peak RSS {r['predict_max_rss_mib']} MiB",
+        f"- NumPy reference CNN forward over the 10k test images: {r['numpy_reference_forward_10k_s']:.2f} s",
+    ]
     if "make_train_wall_s" in r:
-        lines.append(f"- `make train`: {r['make_train_wall_s']:.0f} s wall, peak RSS {r['make_train_max_rss_mib']} MiB"
-                     f"; {' '.join(r['make_train_summary'])}")
+        lines.append(
+            f"- `make train`: {r['make_train_wall_s']:.0f} s wall, peak RSS {r['make_train_max_rss_mib']} MiB"
+            f"; {' '.join(r['make_train_summary'])}"
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -54,15 +54,29 @@ def main() -> None:
     val = torchvision.datasets.FashionMNIST(str(root), train=False, transform=to_tensor)
     loader = torch.utils.data.DataLoader(train, batch_size=a.batch_size, shuffle=True)
     val_loader = torch.utils.data.DataLoader(val, batch_size=1000)
-    callbacks = [ModelCheckpoint(monitor="val/acc", mode="max", save_last=True), LearningRateMonitor(),
-                 ConfusionMatrixLogger(), SamplePredictionsLogger(), RunSummaryLogger(),
-                 TQDMProgressBar(refresh_rate=50), BenchTimer("peer")]
-    trainer = Trainer(max_epochs=a.epochs, logger=TensorBoardLogger(a.log_dir, name="peer"), callbacks=callbacks,
-                      log_every_n_steps=50, limit_val_batches=1)
+    callbacks = [
+        ModelCheckpoint(monitor="val/acc", mode="max", save_last=True),
+        LearningRateMonitor(),
+        ConfusionMatrixLogger(),
+        SamplePredictionsLogger(),
+        RunSummaryLogger(),
+        TQDMProgressBar(refresh_rate=50),
+        BenchTimer("peer"),
+    ]
+    trainer = Trainer(
+        max_epochs=a.epochs,
+        logger=TensorBoardLogger(a.log_dir, name="peer"),
+        callbacks=callbacks,
+        log_every_n_steps=50,
+        limit_val_batches=1,
+    )
     # the default config's module (channels_last, label smoothing, AdamW + OneCycle): only the feeding differs
     model = FashionMNISTClassifier(
-        optimizer=partial(torch.optim.AdamW, lr=0.006, weight_decay=0.05), label_smoothing=0.1, channels_last=True,
-        scheduler=partial(torch.optim.lr_scheduler.OneCycleLR, max_lr=0.006, pct_start=0.3, total_steps=None))
+        optimizer=partial(torch.optim.AdamW, lr=0.006, weight_decay=0.05),
+        label_smoothing=0.1,
+        channels_last=True,
+        scheduler=partial(torch.optim.lr_scheduler.OneCycleLR, max_lr=0.006, pct_start=0.3, total_steps=None),
+    )
     trainer.fit(model, train_dataloaders=loader, val_dataloaders=val_loader)
     shutil.rmtree(root)
 

@@ -25,8 +25,13 @@ ROOT = Path(__file__).resolve().parents[1]
 REAL_DATA_DIR = ROOT / "data"
 FASHION_MNIST = Path(sys.executable).with_name("fashion-mnist")  # the console script, as a user runs it
 TRACEBACK = re.compile(r"Traceback \(most recent call last\)")
-SMALL = ("--trainer.max_epochs=1", "--trainer.limit_train_batches=12", "--trainer.limit_val_batches=2",
-         "--trainer.limit_test_batches=2", "--trainer.limit_predict_batches=2")  # size limits only
+SMALL = (
+    "--trainer.max_epochs=1",
+    "--trainer.limit_train_batches=12",
+    "--trainer.limit_val_batches=2",
+    "--trainer.limit_test_batches=2",
+    "--trainer.limit_predict_batches=2",
+)  # size limits only
 
 
 def write_synthetic_idx(folder: Path, n_train: int = 600, n_test: int = 100, gz: bool = True) -> dict:
@@ -77,6 +82,7 @@ def real_data_dir() -> Path:
 # ----------------------------------------------------------------------------------------------------
 # running commands as a user does
 
+
 @dataclass
 class Result:
     returncode: int
@@ -103,8 +109,9 @@ class Workspace:
         (path / "data").symlink_to(REAL_DATA_DIR)
         self.count = 0
 
-    def run(self, command: str | list[str], *, timeout: float = 240, env: dict | None = None,
-            expect: int | None = 0) -> Result:
+    def run(
+        self, command: str | list[str], *, timeout: float = 240, env: dict | None = None, expect: int | None = 0
+    ) -> Result:
         """Run ``command`` (a shell-like string or argv; ``fashion-mnist`` is the console script) and return
         its exit code and output. ``expect`` checks the exit code; every run is checked for tracebacks."""
         argv = command.split() if isinstance(command, str) else list(command)
@@ -113,20 +120,29 @@ class Workspace:
         self.count += 1
         log = self.path / f"command-{self.count}.log"
         with open(log, "w") as out:
-            process = subprocess.Popen(argv, cwd=self.path, stdout=out, stderr=subprocess.STDOUT,
-                                       env={**os.environ, **(env or {})}, start_new_session=True)
+            process = subprocess.Popen(
+                argv,
+                cwd=self.path,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **(env or {})},
+                start_new_session=True,
+            )
             try:
                 process.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)  # the whole group: DDP children included
                 process.wait()
-                pytest.fail(f"{' '.join(argv)} did not finish in {timeout} s (a hang); log: {log}\n"
-                            f"{log.read_text(errors='replace')[-3000:]}")
+                pytest.fail(
+                    f"{' '.join(argv)} did not finish in {timeout} s (a hang); log: {log}\n"
+                    f"{log.read_text(errors='replace')[-3000:]}"
+                )
         result = Result(process.returncode, log.read_text(errors="replace"), log)
         assert not TRACEBACK.search(result.output), f"{' '.join(argv)} printed a traceback:\n{result.output[-4000:]}"
         if expect is not None:
-            assert result.returncode == expect, (f"{' '.join(argv)} exited {result.returncode}, expected {expect}:\n"
-                                                 f"{result.output[-3000:]}")
+            assert result.returncode == expect, (
+                f"{' '.join(argv)} exited {result.returncode}, expected {expect}:\n{result.output[-3000:]}"
+            )
         return result
 
     def start(self, command: str | list[str], env: dict | None = None) -> tuple[subprocess.Popen, Path]:
@@ -137,8 +153,14 @@ class Workspace:
         self.count += 1
         log = self.path / f"command-{self.count}.log"
         out = open(log, "w")  # noqa: SIM115 - closed by the child's exit; the test reads the file
-        process = subprocess.Popen(argv, cwd=self.path, stdout=out, stderr=subprocess.STDOUT,
-                                   env={**os.environ, **(env or {})}, start_new_session=True)
+        process = subprocess.Popen(
+            argv,
+            cwd=self.path,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,
+        )
         return process, log
 
     def runs(self) -> list[Path]:
@@ -156,8 +178,10 @@ def workspace(tmp_path, real_data_dir) -> Workspace:
 def trained(tmp_path_factory, real_data_dir) -> Path:
     """One finished, tested run of configs/default.yaml (2 short epochs), shared by the tools' tests: its folder."""
     workspace = Workspace(tmp_path_factory.mktemp("trained"))
-    workspace.run("fashion-mnist fit --config configs/default.yaml --trainer.max_epochs=2 "
-                  "--trainer.limit_train_batches=15 --trainer.limit_val_batches=2 --test_after_fit true")
+    workspace.run(
+        "fashion-mnist fit --config configs/default.yaml --trainer.max_epochs=2 "
+        "--trainer.limit_train_batches=15 --trainer.limit_val_batches=2 --test_after_fit true"
+    )
     return workspace.runs()[0]
 
 
@@ -165,8 +189,10 @@ def trained(tmp_path_factory, real_data_dir) -> Path:
 def trained_vgg(tmp_path_factory, real_data_dir) -> Path:
     """A finished run of configs/strong.yaml's VGGNet (BatchNorm, dropout) at toy size: its last checkpoint."""
     workspace = Workspace(tmp_path_factory.mktemp("trained-vgg"))
-    workspace.run("fashion-mnist fit --config configs/strong.yaml --model.network.init_args.width=8 "
-                  "--trainer.max_epochs=1 --trainer.limit_train_batches=10 --trainer.limit_val_batches=1")
+    workspace.run(
+        "fashion-mnist fit --config configs/strong.yaml --model.network.init_args.width=8 "
+        "--trainer.max_epochs=1 --trainer.limit_train_batches=10 --trainer.limit_val_batches=1"
+    )
     return workspace.runs()[0] / "checkpoints" / "last.ckpt"
 
 

@@ -11,7 +11,7 @@ def shifts(image: torch.Tensor, padding: int) -> list[torch.Tensor]:
     """Every crop of the zero-padded image: what RandomCrop(28, padding) can return. image (1, 28, 28)."""
     padded = F.pad(image, (padding,) * 4)
     size = image.shape[-1]
-    return [padded[:, dy:dy + size, dx:dx + size] for dy in range(2 * padding + 1) for dx in range(2 * padding + 1)]
+    return [padded[:, dy : dy + size, dx : dx + size] for dy in range(2 * padding + 1) for dx in range(2 * padding + 1)]
 
 
 def test_random_crop_is_a_shift_with_zero_fill():

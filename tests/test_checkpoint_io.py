@@ -29,11 +29,16 @@ def poisoned(tmp_path):
     return path, marker
 
 
-@pytest.mark.parametrize("command", ["test --config configs/fast.yaml --ckpt_path {ckpt}",
-                                     "validate --config configs/fast.yaml --ckpt_path {ckpt}",
-                                     "export --ckpt_path {ckpt} --output {out}",
-                                     "report --ckpt_path {ckpt}",
-                                     "crosscheck --ckpt_path {ckpt}"])
+@pytest.mark.parametrize(
+    "command",
+    [
+        "test --config configs/fast.yaml --ckpt_path {ckpt}",
+        "validate --config configs/fast.yaml --ckpt_path {ckpt}",
+        "export --ckpt_path {ckpt} --output {out}",
+        "report --ckpt_path {ckpt}",
+        "crosscheck --ckpt_path {ckpt}",
+    ],
+)
 def test_a_checkpoint_whose_pickle_runs_code_is_refused_and_the_code_never_runs(workspace, poisoned, command):
     path, marker = poisoned
     result = workspace.run(f"fashion-mnist {command.format(ckpt=path, out=workspace.path / 'out.pt')}", expect=2)
@@ -43,7 +48,10 @@ def test_a_checkpoint_whose_pickle_runs_code_is_refused_and_the_code_never_runs(
 
 def test_the_cli_trainer_uses_the_atomic_writer_and_the_signal_callback(workspace):
     env = {"PYTHONPATH": str(ROOT / "tests" / "helpers")}
-    workspace.run("fashion-mnist fit --config configs/fast.yaml --trainer.fast_dev_run=true "
-                  "--trainer.callbacks+=inspect_trainer.ReportTrainer", env=env)
+    workspace.run(
+        "fashion-mnist fit --config configs/fast.yaml --trainer.fast_dev_run=true "
+        "--trainer.callbacks+=inspect_trainer.ReportTrainer",
+        env=env,
+    )
     report = (workspace.path / "trainer.txt").read_text().split()
     assert report == ["AtomicCheckpointIO", "CheckpointOnSignal", "FiniteLossGuard", "RNGStates"]

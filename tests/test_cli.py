@@ -61,8 +61,7 @@ def test_resume_last_continues_the_newest_run_in_place_bit_identically(workspace
     result = workspace.run(f"{FAST} --trainer.max_epochs=2 --ckpt_path last")
     assert "resuming" in result.output and [p.name for p in workspace.runs()] == ["version_0"]
     assert torch.load(workspace.runs()[0] / "checkpoints/last.ckpt", weights_only=True)["epoch"] == 1
-    assert (workspace.runs()[0] / "config.yaml").read_text() == config_before.replace("max_epochs: 1",
-                                                                                    "max_epochs: 2")
+    assert (workspace.runs()[0] / "config.yaml").read_text() == config_before.replace("max_epochs: 1", "max_epochs: 2")
     assert weights(workspace.runs()[0] / "checkpoints/last.ckpt").keys() == straight.keys()
     resumed = weights(workspace.runs()[0] / "checkpoints/last.ckpt")
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
@@ -105,8 +104,7 @@ def test_last_outside_fit_is_the_newest_runs_last_checkpoint_not_untrained_weigh
 def test_test_on_a_checkpoint_reproduces_the_val_acc_in_its_file_name_through_validate(workspace):
     workspace.run(f"{FAST} --trainer.limit_val_batches=5")  # the whole validation set
     best = next((workspace.runs()[0] / "checkpoints").glob("epoch*.ckpt"))
-    workspace.run(f"fashion-mnist validate --config configs/fast.yaml --ckpt_path {best} "
-                  "--trainer.limit_val_batches=5")
+    workspace.run(f"fashion-mnist validate --config configs/fast.yaml --ckpt_path {best} --trainer.limit_val_batches=5")
     evaluated = scalars(workspace.runs()[0] / "evaluations/validate_0", "val/acc")[-1][1]
     assert f"val_acc{evaluated:.4f}" in best.name
 
@@ -137,14 +135,16 @@ def test_print_config_feeds_back_as_config(workspace):
 
 def test_progress_bar_flag_works_with_every_config(workspace):
     for config in sorted((workspace.path / "configs").glob("*.yaml")):
-        workspace.run(f"fashion-mnist fit --config configs/{config.name} --trainer.enable_progress_bar=false "
-                      "--print_config")
+        workspace.run(
+            f"fashion-mnist fit --config configs/{config.name} --trainer.enable_progress_bar=false --print_config"
+        )
 
 
 def test_two_fits_started_at_once_get_two_run_folders(workspace):
     results = []
-    threads = [threading.Thread(target=lambda: results.append(workspace.run(f"{FAST} {' '.join(SMALL)}")))
-               for _ in range(2)]
+    threads = [
+        threading.Thread(target=lambda: results.append(workspace.run(f"{FAST} {' '.join(SMALL)}"))) for _ in range(2)
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -170,17 +170,21 @@ def test_predict_csv_has_a_row_per_test_image_in_order(workspace):
 # ----------------------------------------------------------------------------------------------------
 # mistakes: one line naming the problem and the fix, exit 2, no folder left behind
 
-@pytest.mark.parametrize("flags, expected", [
-    ("--trainer.max_epoks=2", "did you mean 'trainer.max_epochs'"),
-    ("--trainer.max_epochs=ten", "trainer.max_epochs"),
-    ("--model.network=fashion_mnist_lightning.network.ResNet", "ResNet"),
-    ("--data.batch_size 0", "--data.batch_size must be >= 1"),
-    ("--data.val_size 60000", "--data.val_size must be between"),
-    ("--model.optimizer.init_args.lr -1", "Invalid learning rate"),
-    ("--ckpt_path best", "best is for validate, test and predict"),
-    ("--ckpt_path last", "no run in lightning_logs has a checkpoint"),
-    ("--ckpt_path no/such.ckpt", "no/such.ckpt does not exist"),
-])
+
+@pytest.mark.parametrize(
+    "flags, expected",
+    [
+        ("--trainer.max_epoks=2", "did you mean 'trainer.max_epochs'"),
+        ("--trainer.max_epochs=ten", "trainer.max_epochs"),
+        ("--model.network=fashion_mnist_lightning.network.ResNet", "ResNet"),
+        ("--data.batch_size 0", "--data.batch_size must be >= 1"),
+        ("--data.val_size 60000", "--data.val_size must be between"),
+        ("--model.optimizer.init_args.lr -1", "Invalid learning rate"),
+        ("--ckpt_path best", "best is for validate, test and predict"),
+        ("--ckpt_path last", "no run in lightning_logs has a checkpoint"),
+        ("--ckpt_path no/such.ckpt", "no/such.ckpt does not exist"),
+    ],
+)
 def test_a_mistake_in_fit_is_one_line_exit_2_and_leaves_no_folder(workspace, flags, expected):
     result = workspace.run(f"{FAST} {flags}", expect=2)
     assert expected in result.error and "Traceback" not in result.output
@@ -208,16 +212,19 @@ def test_gpu_configs_without_a_gpu_are_one_line_and_run_with_accelerator_cpu(wor
         result = workspace.run(f"fashion-mnist fit --config configs/{config}.yaml", expect=2)
         assert "--trainer.accelerator cpu" in result.error
     assert not (workspace.path / "lightning_logs").exists()
-    result = workspace.run(f"fashion-mnist fit --config configs/gpu.yaml --trainer.accelerator cpu {' '.join(SMALL)}",
-                           timeout=400)
+    result = workspace.run(
+        f"fashion-mnist fit --config configs/gpu.yaml --trainer.accelerator cpu {' '.join(SMALL)}", timeout=400
+    )
     assert "torch.jit.trace a dynamo-optimized function" not in result.output  # no graph of a compiled network
 
 
 def test_corrupt_and_foreign_checkpoints_are_one_line_and_left_alone(workspace):
     bad = workspace.path / "bad.ckpt"
     bad.write_bytes(b"not a checkpoint at all")
-    assert "is not a readable checkpoint" in workspace.run(
-        f"fashion-mnist test --config configs/fast.yaml --ckpt_path {bad}", expect=2).error
+    assert (
+        "is not a readable checkpoint"
+        in workspace.run(f"fashion-mnist test --config configs/fast.yaml --ckpt_path {bad}", expect=2).error
+    )
     assert bad.read_bytes() == b"not a checkpoint at all"
     other = workspace.path / "other.ckpt"
     torch.save({"state_dict": {"encoder.weight": torch.zeros(4, 4)}, "hyper_parameters": {}}, other)
@@ -226,8 +233,10 @@ def test_corrupt_and_foreign_checkpoints_are_one_line_and_left_alone(workspace):
     foreign = workspace.path / "foreign.ckpt"
     torch.save({"state_dict": {}, "hyper_parameters": {"_class_path": "somewhere.OtherModel", "depth": 3}}, foreign)
     before = foreign.read_bytes()
-    assert "was not written for this model" in workspace.run(
-        f"fashion-mnist test --config configs/fast.yaml --ckpt_path {foreign}", expect=2).error
+    assert (
+        "was not written for this model"
+        in workspace.run(f"fashion-mnist test --config configs/fast.yaml --ckpt_path {foreign}", expect=2).error
+    )
     assert foreign.read_bytes() == before
     assert not (workspace.path / "lightning_logs").exists()
 
@@ -235,8 +244,9 @@ def test_corrupt_and_foreign_checkpoints_are_one_line_and_left_alone(workspace):
 def test_a_checkpoint_brings_its_own_network_config(workspace):
     """LightningCLI takes the model hyper-parameters from the checkpoint: a VGGNet checkpoint tests as a VGGNet
     under a SeedCNN config, instead of failing on mismatched weights."""
-    workspace.run(f"{FAST} --model.network=fashion_mnist_lightning.network.VGGNet --model.network.width=4 "
-                  f"{' '.join(SMALL)}")
+    workspace.run(
+        f"{FAST} --model.network=fashion_mnist_lightning.network.VGGNet --model.network.width=4 {' '.join(SMALL)}"
+    )
     workspace.run("fashion-mnist test --config configs/fast.yaml --ckpt_path last")
 
 
@@ -248,7 +258,11 @@ def test_a_run_folder_that_cannot_be_created_is_one_line(workspace):
 
 
 def test_module_entry_point_matches_the_console_script(workspace):
-    result = subprocess.run([sys.executable, "-m", "fashion_mnist_lightning.cli", "fit", "--config",
-                             "configs/fast.yaml", "--print_config"], cwd=workspace.path, capture_output=True,
-                            text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "fashion_mnist_lightning.cli", "fit", "--config", "configs/fast.yaml", "--print_config"],
+        cwd=workspace.path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0 and result.stdout == workspace.run(f"{FAST} --print_config").output

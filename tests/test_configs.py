@@ -76,17 +76,23 @@ def test_every_config_through_fit_interrupt_resume_evaluate_report_export(worksp
     assert len(list((run / "export").glob("*.onnx"))) == 1
 
 
-@pytest.mark.parametrize("preset", PRESETS)
+@pytest.mark.parametrize("preset", [pytest.param(p, marks=pytest.mark.slow) if p == "overfit" else p for p in PRESETS])
 def test_every_debug_preset_stacks_on_a_recipe(workspace, preset):
-    small = "" if preset == "overfit" else "--trainer.limit_train_batches=10 --trainer.limit_val_batches=1"
-    epochs = "--trainer.max_epochs=30" if preset == "overfit" else "--trainer.max_epochs=1"
-    result = workspace.run(f"fashion-mnist fit --config configs/fast.yaml --config configs/debug/{preset}.yaml "
-                           f"{epochs} {small} --model.optimizer.init_args.lr=0.01", timeout=400)
+    small = (
+        ""
+        if preset == "overfit"
+        else "--trainer.max_epochs=1 --trainer.limit_train_batches=10 --trainer.limit_val_batches=1"
+    )
+    result = workspace.run(
+        f"fashion-mnist fit --config configs/fast.yaml --config configs/debug/{preset}.yaml {small}", timeout=600
+    )
     recipe = yaml.safe_load((workspace.runs()[0] / "config.yaml").read_text())
     if preset == "profiler":
         assert "FIT Profiler Report" in result.output
     if preset == "anomaly":
         assert recipe["trainer"]["detect_anomaly"] is True
+    if preset == "limit":
+        assert recipe["trainer"]["limit_train_batches"] == 10 and recipe["trainer"]["limit_predict_batches"] == 2
     if preset == "early_stopping":
         assert recipe["trainer"]["callbacks"][-1]["class_path"].endswith("EarlyStopping")
         assert len(recipe["trainer"]["callbacks"]) == 7  # the shared six, plus this one
@@ -95,4 +101,4 @@ def test_every_debug_preset_stacks_on_a_recipe(workspace, preset):
 
         events = EventAccumulator(str(workspace.runs()[0]), size_guidance={"scalars": 0})
         events.Reload()
-        assert events.Scalars("train/acc")[-1].value > 0.95  # four batches, learned by heart
+        assert events.Scalars("train/acc")[-1].value >= 0.99  # four batches, learned by heart

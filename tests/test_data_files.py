@@ -20,7 +20,7 @@ def test_idx_round_trip():
 
 def test_idx_header_is_the_published_format():
     raw = data.encode_idx(torch.zeros(2, 28, 28, dtype=torch.uint8))
-    assert raw[:16] == bytes.fromhex("00000803" "00000002" "0000001c" "0000001c")
+    assert raw[:16] == bytes.fromhex("00000803000000020000001c0000001c")
 
 
 def test_wrong_magic_is_named(synthetic_dir):

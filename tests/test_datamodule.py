@@ -59,10 +59,15 @@ def test_real_data_sizes_and_classes(real_data_dir):
     assert images.shape == (256, 1, 28, 28) and images.dtype == torch.uint8
 
 
-@pytest.mark.parametrize("kwargs, flag", [({"batch_size": 0}, "--data.batch_size"),
-                                          ({"eval_batch_size": -1}, "--data.eval_batch_size"),
-                                          ({"val_size": 60_000}, "--data.val_size"),
-                                          ({"crop_padding": -2}, "--data.crop_padding")])
+@pytest.mark.parametrize(
+    "kwargs, flag",
+    [
+        ({"batch_size": 0}, "--data.batch_size"),
+        ({"eval_batch_size": -1}, "--data.eval_batch_size"),
+        ({"val_size": 60_000}, "--data.val_size"),
+        ({"crop_padding": -2}, "--data.crop_padding"),
+    ],
+)
 def test_values_that_cannot_work_are_refused_naming_the_flag(kwargs, flag):
     with pytest.raises(ValueError, match=flag):
         FashionMNISTDataModule(**kwargs)

@@ -26,8 +26,10 @@ def test_the_readme_ddp_line_finishes_and_follows_the_one_process_run(workspace,
     [ddp] = workspace.runs()  # only rank 0 wrote: one run folder
     assert (ddp / "checkpoints/last.ckpt").is_file() and (ddp / "confusion_matrix_test.png").is_file()
     (workspace.path / "lightning_logs").rename(tmp_path / "ddp")
-    workspace.run(f"fashion-mnist fit --config configs/default.yaml --trainer.accelerator=cpu --trainer.devices=1 "
-                  f"{SHORT} {NCHW}", env=ENV)
+    workspace.run(
+        f"fashion-mnist fit --config configs/default.yaml --trainer.accelerator=cpu --trainer.devices=1 {SHORT} {NCHW}",
+        env=ENV,
+    )
     a = weights(tmp_path / "ddp/version_0/checkpoints/last.ckpt")
     b = weights(workspace.runs()[0] / "checkpoints/last.ckpt")
     worst = max((a[k] - b[k]).abs().max().item() for k in a if k.startswith("network."))
@@ -38,18 +40,24 @@ def test_the_readme_ddp_line_finishes_and_follows_the_one_process_run(workspace,
     events.Reload()
     logged = events.Scalars("test/acc")[-1].value
     best = next((tmp_path / "ddp/version_0/checkpoints").glob("epoch*.ckpt"))
-    workspace.run(f"fashion-mnist test --config configs/default.yaml --trainer.accelerator=cpu --trainer.devices=1 "
-                  f"--ckpt_path {best}", env=ENV)
-    evaluated = EventAccumulator(str(next(best.parent.parent.glob("evaluations/test_*"))),
-                                 size_guidance={"scalars": 0})
+    workspace.run(
+        f"fashion-mnist test --config configs/default.yaml --trainer.accelerator=cpu --trainer.devices=1 "
+        f"--ckpt_path {best}",
+        env=ENV,
+    )
+    evaluated = EventAccumulator(str(next(best.parent.parent.glob("evaluations/test_*"))), size_guidance={"scalars": 0})
     evaluated.Reload()
     assert abs(logged - evaluated.Scalars("test/acc")[-1].value) < 1e-6
 
 
 def test_a_stuck_peer_ends_in_an_error_after_the_collective_timeout(workspace):
     env = {**ENV, "PYTHONPATH": str(ROOT / "tests" / "helpers")}
-    result = workspace.run(f"{DDP} {SHORT} --trainer.strategy.init_args.timeout=0:00:10 "
-                           "--trainer.callbacks+=faults.HangOnRank", env=env, timeout=150, expect=1)
+    result = workspace.run(
+        f"{DDP} {SHORT} --trainer.strategy.init_args.timeout=0:00:10 --trainer.callbacks+=faults.HangOnRank",
+        env=env,
+        timeout=150,
+        expect=1,
+    )
     assert "DDP:" in result.error and "--trainer.strategy.init_args.timeout" in result.error
 
 

@@ -75,8 +75,10 @@ def test_state_dict_and_safetensors_hold_the_weights_only(tool, trained, images)
     from fashion_mnist_lightning.network import SeedCNN
 
     expected = load_network(trained / "checkpoints/last.ckpt")(images)
-    for state in (torch.load(export(tool, trained / "checkpoints/last.ckpt", "state_dict"), weights_only=True),
-                  load_file(export(tool, trained / "checkpoints/last.ckpt", "safetensors"))):
+    for state in (
+        torch.load(export(tool, trained / "checkpoints/last.ckpt", "state_dict"), weights_only=True),
+        load_file(export(tool, trained / "checkpoints/last.ckpt", "safetensors")),
+    ):
         network = SeedCNN().eval()
         network.load_state_dict(state)
         assert torch.equal(network(images), expected)
@@ -95,15 +97,18 @@ def test_export_never_overwrites_and_bad_outputs_are_one_line(tool, trained):
     checkpoint = trained / "checkpoints/last.ckpt"
     mine = tool.path / "mine.onnx"
     mine.write_bytes(b"a user's file")
-    assert "--overwrite" in tool.run(f"fashion-mnist export --ckpt_path {checkpoint} --format onnx "
-                                     f"--output {mine}", expect=2).error
+    assert (
+        "--overwrite"
+        in tool.run(f"fashion-mnist export --ckpt_path {checkpoint} --format onnx --output {mine}", expect=2).error
+    )
     assert mine.read_bytes() == b"a user's file"
     folder = tool.path / "a-folder"
     folder.mkdir()
-    assert "is a folder" in tool.run(f"fashion-mnist export --ckpt_path {checkpoint} --output {folder}",
-                                     expect=2).error
-    assert "is a file, not a folder" in tool.run(f"fashion-mnist export --ckpt_path {checkpoint} "
-                                                 f"--output {mine}/model.pt", expect=2).error
+    assert "is a folder" in tool.run(f"fashion-mnist export --ckpt_path {checkpoint} --output {folder}", expect=2).error
+    assert (
+        "is a file, not a folder"
+        in tool.run(f"fashion-mnist export --ckpt_path {checkpoint} --output {mine}/model.pt", expect=2).error
+    )
     assert list(folder.iterdir()) == [] and mine.read_bytes() == b"a user's file"
 
 

@@ -14,8 +14,15 @@ from fashion_mnist_lightning.network import VGGNet
 
 
 def quiet_trainer(**kwargs) -> Trainer:
-    return Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                   enable_progress_bar=False, enable_model_summary=False, **kwargs)
+    return Trainer(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        **kwargs,
+    )
 
 
 class FirstTenPixels(nn.Module):
@@ -45,7 +52,8 @@ def test_accuracy_loss_and_confusion_equal_a_manual_count():
     model = FashionMNISTClassifier(network=FirstTenPixels())
     confusion = ConfusionMatrixLogger()
     results = quiet_trainer(callbacks=[confusion]).validate(
-        model, DataLoader(TensorDataset(images, labels), batch_size=64), verbose=False)[0]
+        model, DataLoader(TensorDataset(images, labels), batch_size=64), verbose=False
+    )[0]
     manual = torch.zeros(10, 10, dtype=torch.long)
     for t, p in zip(labels.tolist(), preds.tolist()):
         manual[t, p] += 1

@@ -17,11 +17,16 @@ def test_seed_cnn_matches_the_article_layer_for_layer():
     net = SeedCNN()
     shapes = {name: tuple(p.shape) for name, p in net.named_parameters()}
     assert shapes == {
-        "conv1.weight": (6, 1, 5, 5), "conv1.bias": (6,),
-        "conv2.weight": (12, 6, 5, 5), "conv2.bias": (12,),
-        "fc1.weight": (120, 192), "fc1.bias": (120,),
-        "fc2.weight": (60, 120), "fc2.bias": (60,),
-        "out.weight": (10, 60), "out.bias": (10,),
+        "conv1.weight": (6, 1, 5, 5),
+        "conv1.bias": (6,),
+        "conv2.weight": (12, 6, 5, 5),
+        "conv2.bias": (12,),
+        "fc1.weight": (120, 192),
+        "fc1.bias": (120,),
+        "fc2.weight": (60, 120),
+        "fc2.bias": (60,),
+        "out.weight": (10, 60),
+        "out.bias": (10,),
     }
 
 
@@ -34,7 +39,20 @@ def test_normalisation_lives_in_the_state_dict():
 def test_normalisation_is_applied_inside_forward():
     net = SeedCNN().eval()
     images = torch.rand(3, 1, 28, 28)
-    manual = net.out(torch.relu(net.fc2(torch.relu(net.fc1(
-        torch.max_pool2d(torch.relu(net.conv2(torch.max_pool2d(torch.relu(net.conv1(
-            (images - TRAIN_MEAN) / TRAIN_STD)), 2))), 2).flatten(1))))))
+    manual = net.out(
+        torch.relu(
+            net.fc2(
+                torch.relu(
+                    net.fc1(
+                        torch.max_pool2d(
+                            torch.relu(
+                                net.conv2(torch.max_pool2d(torch.relu(net.conv1((images - TRAIN_MEAN) / TRAIN_STD)), 2))
+                            ),
+                            2,
+                        ).flatten(1)
+                    )
+                )
+            )
+        )
+    )
     torch.testing.assert_close(net(images), manual)

@@ -27,8 +27,9 @@ def test_predict_folder_matches_the_test_set_and_gives_every_file_a_row(workspac
     weird = os.fsencode(folder) + b"/caf\xe9.png"  # a name that is not valid UTF-8
     Image.fromarray(images[0].numpy()).save(weird.decode("utf-8", "surrogateescape"))
 
-    result = workspace.run("fashion-mnist predict --config configs/fast.yaml --ckpt_path last "
-                           "--data.predict_dir my_photos/")
+    result = workspace.run(
+        "fashion-mnist predict --config configs/fast.yaml --ckpt_path last --data.predict_dir my_photos/"
+    )
     assert "skipped" in result.output
     rows = read_rows(workspace.runs()[0] / "evaluations/predict_0/predictions.csv")
     assert list(rows[0].keys()) == ["file", "predicted", "probability", *CLASS_NAMES, "error"]
@@ -50,7 +51,8 @@ def test_predict_folder_matches_the_test_set_and_gives_every_file_a_row(workspac
 
 def test_predict_dir_that_is_not_a_folder_is_one_line_and_leaves_no_folder(workspace):
     workspace.run("fashion-mnist fit --config configs/fast.yaml --trainer.limit_train_batches=5")
-    result = workspace.run("fashion-mnist predict --config configs/fast.yaml --ckpt_path last "
-                           "--data.predict_dir nope/", expect=2)
+    result = workspace.run(
+        "fashion-mnist predict --config configs/fast.yaml --ckpt_path last --data.predict_dir nope/", expect=2
+    )
     assert "is not a folder" in result.error
     assert not (workspace.runs()[0] / "evaluations").exists()

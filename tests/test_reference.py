@@ -1,6 +1,5 @@
 """The NumPy reference equals torch: activations, losses, the toy network's backprop, the CNN both ways."""
 
-
 import numpy as np
 import pytest
 import torch
@@ -20,10 +19,18 @@ def close(a, b, rtol=1e-12):
 
 # ---- activations and losses against their torch twins (float64) ----------------------------------
 
-@pytest.mark.parametrize("numpy_fn, torch_fn", [
-    (ref.sigmoid, torch.sigmoid), (ref.tanh, torch.tanh), (ref.relu, torch.relu), (ref.linear, lambda t: t),
-    (ref.softmax, lambda t: torch.softmax(t, dim=-1)),
-], ids=["sigmoid", "tanh", "relu", "linear", "softmax"])
+
+@pytest.mark.parametrize(
+    "numpy_fn, torch_fn",
+    [
+        (ref.sigmoid, torch.sigmoid),
+        (ref.tanh, torch.tanh),
+        (ref.relu, torch.relu),
+        (ref.linear, lambda t: t),
+        (ref.softmax, lambda t: torch.softmax(t, dim=-1)),
+    ],
+    ids=["sigmoid", "tanh", "relu", "linear", "softmax"],
+)
 def test_activation_equals_torch(numpy_fn, torch_fn):
     x = RNG.normal(0, 5, size=(64, 10))
     close(numpy_fn(x), torch_fn(torch.from_numpy(x)).numpy())
@@ -38,11 +45,15 @@ def test_losses_equal_torch():
     close(ref.binary_cross_entropy(p, labels01), F.binary_cross_entropy(tp, torch.from_numpy(labels01)))
     logits, classes = RNG.normal(0, 3, size=(40, 10)), RNG.integers(0, 10, size=40)
     one_hot = np.eye(10)[classes]
-    close(ref.categorical_cross_entropy(ref.softmax(logits), one_hot),
-          F.cross_entropy(torch.from_numpy(logits), torch.from_numpy(classes)))
+    close(
+        ref.categorical_cross_entropy(ref.softmax(logits), one_hot),
+        F.cross_entropy(torch.from_numpy(logits), torch.from_numpy(classes)),
+    )
     soft = ref.softmax(RNG.normal(size=(40, 10)))
-    close(ref.categorical_cross_entropy(ref.softmax(logits), soft),
-          F.cross_entropy(torch.from_numpy(logits), torch.from_numpy(soft)))
+    close(
+        ref.categorical_cross_entropy(ref.softmax(logits), soft),
+        F.cross_entropy(torch.from_numpy(logits), torch.from_numpy(soft)),
+    )
 
 
 def test_cross_entropy_is_a_mean_not_the_books_sum():
@@ -53,8 +64,10 @@ def test_cross_entropy_is_a_mean_not_the_books_sum():
 
 
 def test_chapter_example_088_costs_0128():
-    assert round(ref.categorical_cross_entropy(np.array([0.88, 0.04, 0.04, 0.02, 0.02]),
-                                               np.array([1.0, 0, 0, 0, 0])), 3) == 0.128
+    assert (
+        round(ref.categorical_cross_entropy(np.array([0.88, 0.04, 0.04, 0.02, 0.02]), np.array([1.0, 0, 0, 0, 0])), 3)
+        == 0.128
+    )
 
 
 def test_book_results_unchanged_where_finite():
@@ -75,6 +88,7 @@ def test_finite_for_very_large_values():
 
 
 # ---- the chapter's network: feed-forward and backprop ---------------------------------------------
+
 
 def test_feed_forward_equals_torch():
     inputs, outputs = RNG.normal(size=(8, 2)), RNG.normal(size=(8, 1))
@@ -110,6 +124,7 @@ def test_toy_training_loss_falls_every_step():
 
 # ---- CNN layers: backward against finite differences ----------------------------------------------
 
+
 def numeric_grad(f, x, eps=1e-6):
     grad = np.zeros_like(x)
     for idx in np.ndindex(x.shape):
@@ -135,11 +150,13 @@ def test_conv2d_backward_matches_finite_differences():
 def test_max_pool_relu_linear_backward_match_finite_differences():
     x = RNG.normal(size=(2, 3, 4, 4))
     project = RNG.normal(size=(2, 3, 2, 2))
-    np.testing.assert_allclose(ref.max_pool2d_backward(project, x),
-                               numeric_grad(lambda: np.sum(ref.max_pool2d(x) * project), x), atol=1e-8)
+    np.testing.assert_allclose(
+        ref.max_pool2d_backward(project, x), numeric_grad(lambda: np.sum(ref.max_pool2d(x) * project), x), atol=1e-8
+    )
     project = RNG.normal(size=x.shape)
-    np.testing.assert_allclose(ref.relu_backward(project, x),
-                               numeric_grad(lambda: np.sum(ref.relu(x) * project), x), atol=1e-8)
+    np.testing.assert_allclose(
+        ref.relu_backward(project, x), numeric_grad(lambda: np.sum(ref.relu(x) * project), x), atol=1e-8
+    )
     v, w, b = RNG.normal(size=(4, 5)), RNG.normal(size=(3, 5)), RNG.normal(size=3)
     project = RNG.normal(size=(4, 3))
     dv, dw, db = ref.linear_layer_backward(project, v, w)
@@ -156,6 +173,7 @@ def test_max_pool_backward_routes_ties_to_the_first_maximum_like_torch():
 
 
 # ---- the whole CNN against torch and autograd ------------------------------------------------------
+
 
 def numpy_params(network):
     return {k: v.detach().numpy() for k, v in network.state_dict().items()}
@@ -198,8 +216,7 @@ def test_crosscheck_on_real_test_images(trained_checkpoint, real_data_dir):
     from fashion_mnist_lightning.data.files import load_cache
 
     arrays = load_cache(real_data_dir)
-    result = crosscheck(seed_cnn_state(trained_checkpoint), arrays["test_images"][:2000],
-                        arrays["test_labels"][:2000])
+    result = crosscheck(seed_cnn_state(trained_checkpoint), arrays["test_images"][:2000], arrays["test_labels"][:2000])
     assert result["max_abs_logit_diff"] < 1e-4 and result["argmax_agreement"] >= 0.999
     assert result["numpy_accuracy"] == pytest.approx(result["torch_accuracy"], abs=1e-3)
 
@@ -210,5 +227,7 @@ def test_crosscheck_command_exit_codes(trained_checkpoint, tmp_path, real_data_d
     assert "crosscheck: PASS" in result.output
     # nothing can be within a negative tolerance
     tool.run(f"fashion-mnist crosscheck --ckpt_path {trained_checkpoint} --tolerance -1", expect=1)
-    assert "does not exist" in tool.run(f"fashion-mnist crosscheck --ckpt_path {tmp_path / 'missing.ckpt'}",
-                                        expect=2).error
+    assert (
+        "does not exist"
+        in tool.run(f"fashion-mnist crosscheck --ckpt_path {tmp_path / 'missing.ckpt'}", expect=2).error
+    )

@@ -37,6 +37,7 @@ def tool(tmp_path, real_data_dir) -> Workspace:
 # ----------------------------------------------------------------------------------------------------
 # the arithmetic, against torchmetrics
 
+
 def test_class_statistics_equal_a_hand_count():
     labels = torch.tensor([0, 0, 0, 1, 1, 2])
     predicted = torch.tensor([0, 0, 1, 1, 2, 2])  # class 0: 2 of 3 right; class 1: 1 of 2; class 2: 1 of 1
@@ -58,12 +59,17 @@ def test_confident_mistakes_are_wrong_and_sorted():
 # ----------------------------------------------------------------------------------------------------
 # the report of a finished run
 
+
 def test_report_writes_images_table_and_markdown(tool, trained):
     finished_run = trained
     tool.run(f"fashion-mnist report --ckpt_path {best_checkpoint(finished_run)}")
     report = finished_run / "report"
-    pictures = ["learning_curves.png", "confusion_matrix.png", "confusion_matrix_normalized.png",
-                "confident_mistakes.png"]
+    pictures = [
+        "learning_curves.png",
+        "confusion_matrix.png",
+        "confusion_matrix_normalized.png",
+        "confident_mistakes.png",
+    ]
     for name in pictures:
         pixels = imread(report / name)  # (H, W, 3 or 4) floats: a real, decodable image
         assert pixels.shape[0] > 200 and pixels.shape[1] > 200, name
@@ -88,12 +94,12 @@ def test_learning_curves_have_one_point_per_epoch(trained):
 
 
 def test_report_on_a_missing_checkpoint_is_one_line(tool):
-    assert "does not exist" in tool.run(f"fashion-mnist report --ckpt_path {tool.path / 'nope.ckpt'}",
-                                        expect=2).error
+    assert "does not exist" in tool.run(f"fashion-mnist report --ckpt_path {tool.path / 'nope.ckpt'}", expect=2).error
 
 
 # ----------------------------------------------------------------------------------------------------
 # the real TensorBoard server, as `make tensorboard` starts it
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -115,9 +121,12 @@ def tensorboard_server(trained, tmp_path):
     executable = Path(sys.executable).with_name("tensorboard")
     command = [str(executable)] if executable.exists() else [sys.executable, "-m", "tensorboard.main"]
     log = (tmp_path / "tensorboard.log").open("w")
-    server = subprocess.Popen([*command, "--logdir", str(finished_run.parent), "--host", "localhost",
-                               "--port", str(port)], stdout=log, stderr=subprocess.STDOUT,
-                              env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    server = subprocess.Popen(
+        [*command, "--logdir", str(finished_run.parent), "--host", "localhost", "--port", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
     base = f"http://localhost:{port}"
     try:
         deadline = time.monotonic() + 90

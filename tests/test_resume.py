@@ -14,6 +14,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import finish, progress, same_weights, wait_for, weights
+from fashion_mnist_lightning.extras.report import read_curves
 from fashion_mnist_lightning.runs.checkpoint_io import AtomicCheckpointIO
 
 FAST = "fashion-mnist fit --config configs/fast.yaml"
@@ -35,9 +36,13 @@ def test_resume_from_an_end_of_epoch_checkpoint_with_random_augmentation_is_bit_
     checkpoint = torch.load(workspace.runs()[0] / "checkpoints/last.ckpt", weights_only=True)
     assert {"torch", "numpy", "python"} <= checkpoint["callbacks"]["RNGStates"].keys()
     workspace.run(f"{FAST} {RANDOM} --trainer.max_epochs=2 --ckpt_path last")
-    assert same_weights(weights(tmp_path / "straight/checkpoints/last.ckpt"),
-                        weights(workspace.runs()[0] / "checkpoints/last.ckpt"))
+    assert same_weights(
+        weights(tmp_path / "straight/checkpoints/last.ckpt"), weights(workspace.runs()[0] / "checkpoints/last.ckpt")
+    )
     assert epoch_scalars(tmp_path / "straight") == epoch_scalars(workspace.runs()[0])
+    report = workspace.run("fashion-mnist report --ckpt_path last")  # one graph in the run, however many resumes
+    assert "more than one graph event" not in report.output.lower()
+    assert epoch_scalars(workspace.runs()[0])["val/acc"] == [v for _, v in read_curves(workspace.runs()[0])["val/acc"]]
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
@@ -64,12 +69,17 @@ def test_a_signal_mid_epoch_checkpoints_and_the_resume_ends_identically_curves_i
 
 
 def test_extending_a_finished_run_with_a_run_length_schedule_is_refused_in_one_line(workspace):
-    workspace.run("fashion-mnist fit --config configs/default.yaml --trainer.max_epochs=1 "
-                  "--trainer.limit_train_batches=10 --trainer.limit_val_batches=1")
+    workspace.run(
+        "fashion-mnist fit --config configs/default.yaml --trainer.max_epochs=1 "
+        "--trainer.limit_train_batches=10 --trainer.limit_val_batches=1"
+    )
     run = workspace.runs()[0]
     before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
-    result = workspace.run("fashion-mnist fit --config configs/default.yaml --trainer.max_epochs=2 "
-                           "--trainer.limit_train_batches=10 --trainer.limit_val_batches=1 --ckpt_path last", expect=2)
+    result = workspace.run(
+        "fashion-mnist fit --config configs/default.yaml --trainer.max_epochs=2 "
+        "--trainer.limit_train_batches=10 --trainer.limit_val_batches=1 --ckpt_path last",
+        expect=2,
+    )
     assert "OneCycleLR schedule was built for 10 steps" in result.error and "max_epochs" in result.error
     after = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
     assert after == before  # nothing of the run was touched (config.yaml included)
@@ -82,15 +92,18 @@ def test_extending_a_run_without_a_length_bound_schedule_continues_exactly(works
     shutil.move(workspace.runs()[0], tmp_path / "straight")
     workspace.run(f"fashion-mnist fit --config configs/seed.yaml {limits}")
     workspace.run(f"fashion-mnist fit --config configs/seed.yaml --trainer.max_epochs=2 {limits} --ckpt_path last")
-    assert same_weights(weights(tmp_path / "straight/checkpoints/last.ckpt"),
-                        weights(workspace.runs()[0] / "checkpoints/last.ckpt"))
+    assert same_weights(
+        weights(tmp_path / "straight/checkpoints/last.ckpt"), weights(workspace.runs()[0] / "checkpoints/last.ckpt")
+    )
 
 
 def test_a_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(workspace):
     """A schedule that multiplies the learning rate by 1e15 after epoch 0 makes the loss blow up in epoch 1:
     exit 1, one line naming the step, and epoch 0's checkpoints stay finite."""
-    schedule = ("--model.scheduler=torch.optim.lr_scheduler.StepLR --model.scheduler.init_args.step_size=12 "
-                "--model.scheduler.init_args.gamma=1e15")
+    schedule = (
+        "--model.scheduler=torch.optim.lr_scheduler.StepLR --model.scheduler.init_args.step_size=12 "
+        "--model.scheduler.init_args.gamma=1e15"
+    )
     result = workspace.run(f"{FAST} --trainer.max_epochs=3 --trainer.limit_train_batches=12 {schedule}", expect=1)
     line = result.error
     assert "training loss is" in line and ("nan" in line or "inf" in line)
@@ -103,6 +116,7 @@ def test_a_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(wor
 
 WRITER = """
 import itertools, sys, torch
+from fashion_mnist_lightning.extras.report import read_curves
 from fashion_mnist_lightning.runs.checkpoint_io import AtomicCheckpointIO
 io, path = AtomicCheckpointIO(), sys.argv[1]
 start = torch.load(path, weights_only=True)["step"] + 1 if __import__("os").path.exists(path) else 0
@@ -140,8 +154,9 @@ def small_disk(tmp_path):
     mount = tmp_path / "small-disk"
     mount.mkdir()
     sudo = [] if os.geteuid() == 0 else ["sudo", "-n"]
-    done = subprocess.run([*sudo, "mount", "-t", "tmpfs", "-o", "size=1400k,mode=1777", "tmpfs", str(mount)],
-                          capture_output=True)
+    done = subprocess.run(
+        [*sudo, "mount", "-t", "tmpfs", "-o", "size=1400k,mode=1777", "tmpfs", str(mount)], capture_output=True
+    )
     if done.returncode != 0:
         pytest.skip(f"cannot mount a small tmpfs here ({done.stderr.decode().strip()[:100]}); CI runs as root")
     yield mount
@@ -149,11 +164,15 @@ def small_disk(tmp_path):
 
 
 def test_a_disk_that_fills_up_during_a_checkpoint_save_is_one_line_and_keeps_the_earlier_checkpoint(
-        workspace, small_disk):
+    workspace, small_disk
+):
     """A fast.yaml checkpoint is ~0.43 MB and an epoch adds ~0.16 MB of events: epoch 0 fits in 1.4 MB, the
     next checkpoint save (a new file beside the old one) does not."""
-    result = workspace.run(f"{FAST} --trainer.max_epochs=4 --trainer.limit_train_batches=5 "
-                           f"--trainer.logger.init_args.save_dir={small_disk}", expect=1)
+    result = workspace.run(
+        f"{FAST} --trainer.max_epochs=4 --trainer.limit_train_batches=5 "
+        f"--trainer.logger.init_args.save_dir={small_disk}",
+        expect=1,
+    )
     assert "No space left on device" in result.error and "--ckpt_path last" in result.error
     assert str(small_disk) in result.error  # names the file it could not write
     last = small_disk / "lightning_logs/version_0/checkpoints/last.ckpt"

@@ -23,7 +23,7 @@ def test_shuffle_depends_only_on_seed_and_epoch():
 
 def batches(sampler: EpochShuffle, size: int) -> list[list[int]]:
     order = list(sampler)
-    return [order[i:i + size] for i in range(0, len(order), size)]
+    return [order[i : i + size] for i in range(0, len(order), size)]
 
 
 def test_two_process_shards_make_up_the_one_process_batches():

@@ -5,8 +5,10 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from conftest import same_weights, weights
 
-TINY = ("fashion-mnist fit --config configs/strong.yaml --model.network.init_args.width=8 --trainer.max_epochs=1 "
-        "--trainer.limit_train_batches=40 --trainer.limit_val_batches=2")
+TINY = (
+    "fashion-mnist fit --config configs/strong.yaml --model.network.init_args.width=8 --trainer.max_epochs=1 "
+    "--trainer.limit_train_batches=40 --trainer.limit_val_batches=2"
+)
 
 
 @pytest.mark.slow

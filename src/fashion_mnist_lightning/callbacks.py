@@ -77,8 +77,9 @@ class ConfusionMatrixLogger(Callback):
         self.test_images = int(matrix.sum())
         if trainer.is_global_zero:
             out_dir = run_dir(trainer)
-            normalized = confusion_figure(matrix, pl_module.class_names, normalize=True,
-                                          title=f"test ({self.test_images} images), row-normalised")
+            normalized = confusion_figure(
+                matrix, pl_module.class_names, normalize=True, title=f"test ({self.test_images} images), row-normalised"
+            )
             atomic_write_text(out_dir / "confusion_matrix_test.csv", matrix_csv(matrix))
             pngs = {"confusion_matrix_test.png": counts, "confusion_matrix_test_normalized.png": normalized}
             for name, figure in pngs.items():
@@ -94,8 +95,9 @@ class ConfusionMatrixLogger(Callback):
             values = {f"{stage}/acc_class/{metric_key(n)}": float(v) for n, v in zip(names, per_class)}
             for logger in trainer.loggers:
                 logger.log_metrics(values, step=trainer.global_step)
-            title = (f"validation, epoch {trainer.current_epoch}" if stage == "val"
-                     else f"test ({int(matrix.sum())} images)")
+            title = (
+                f"validation, epoch {trainer.current_epoch}" if stage == "val" else f"test ({int(matrix.sum())} images)"
+            )
             figure = confusion_figure(matrix, names, title=title)
             log_figure(trainer, f"{stage}/confusion_matrix", figure)
         return matrix, figure
@@ -144,15 +146,21 @@ class RunSummaryLogger(Callback):
     latest value); the values follow at the end of fit and of test. A fit followed by a test fills all four.
     """
 
-    FINAL = {"val/acc_best": "hp/val_acc_best", "val/loss": "hp/val_loss", "test/acc": "hp/test_acc",
-             "test/loss": "hp/test_loss"}
+    FINAL = {
+        "val/acc_best": "hp/val_acc_best",
+        "val/loss": "hp/val_loss",
+        "test/acc": "hp/test_acc",
+        "test/loss": "hp/test_loss",
+    }
 
     def __init__(self):
         self._fitted = False  # this process ran a fit: a test that follows belongs to that run's record
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._fitted = True
-        if trainer.global_step == 0 and trainer.is_global_zero:  # a new run, not a resume
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.global_step == 0 and trainer.is_global_zero:  # a new run (a resume has restored its step here)
             self._declare(trainer, pl_module)
             self._log_graph(trainer, pl_module)
 
@@ -175,8 +183,11 @@ class RunSummaryLogger(Callback):
             logger.log_hyperparams(params, metrics=dict.fromkeys(self.FINAL.values(), 0.0), step=0)
 
     def _log_final(self, trainer: L.Trainer) -> None:
-        metrics = {hp: float(trainer.callback_metrics[key]) for key, hp in self.FINAL.items()
-                   if key in trainer.callback_metrics}  # every process: reading the metrics may sync them
+        metrics = {
+            hp: float(trainer.callback_metrics[key])
+            for key, hp in self.FINAL.items()
+            if key in trainer.callback_metrics
+        }  # every process: reading the metrics may sync them
         if trainer.is_global_zero and metrics:
             for logger in trainer.loggers:
                 logger.log_metrics(metrics, step=max(trainer.global_step, 1))
@@ -239,8 +250,9 @@ def gather_shares(pl_module: L.LightningModule, values: torch.Tensor, indices: t
     return values[keep], indices[keep]
 
 
-def predictions_csv(names: list[str], probabilities: torch.Tensor, class_names: list[str],
-                    skipped: dict[str, str]) -> str:
+def predictions_csv(
+    names: list[str], probabilities: torch.Tensor, class_names: list[str], skipped: dict[str, str]
+) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["file", "predicted", "probability", *class_names, "error"])

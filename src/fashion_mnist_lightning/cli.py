@@ -110,10 +110,18 @@ class FashionMNISTCLI(LightningCLI):
         )
 
     def add_arguments_to_parser(self, parser) -> None:
-        parser.add_argument("--test_after_fit", type=bool, default=False,
-                            help="fit only: then test the best checkpoint and print where the results are")
-        parser.add_argument("--progress_refresh_rate", type=int, default=50,
-                            help="steps between progress-bar updates (a refresh per step costs more than a step)")
+        parser.add_argument(
+            "--test_after_fit",
+            type=bool,
+            default=False,
+            help="fit only: then test the best checkpoint and print where the results are",
+        )
+        parser.add_argument(
+            "--progress_refresh_rate",
+            type=int,
+            default=50,
+            help="steps between progress-bar updates (a refresh per step costs more than a step)",
+        )
         parser.link_arguments("data.class_names", "model.class_names", apply_on="instantiate")
 
     # ------------------------------------------------------------------------------------------------
@@ -134,17 +142,22 @@ class FashionMNISTCLI(LightningCLI):
         ckpt = config.get("ckpt_path")
         if ckpt is None:
             if subcommand != "fit":
-                raise ConfigError(f"`fashion-mnist {subcommand}` evaluates a checkpoint: pass --ckpt_path with a "
-                                  ".ckpt file, last (the newest run's last.ckpt) or best (its best checkpoint)")
+                raise ConfigError(
+                    f"`fashion-mnist {subcommand}` evaluates a checkpoint: pass --ckpt_path with a "
+                    ".ckpt file, last (the newest run's last.ckpt) or best (its best checkpoint)"
+                )
             return None
         if ckpt in ("last", "best"):
             if subcommand == "fit" and ckpt == "best":
-                raise ConfigError("fit resumes from --ckpt_path last (or a .ckpt path); best is for "
-                                  "validate, test and predict")
+                raise ConfigError(
+                    "fit resumes from --ckpt_path last (or a .ckpt path); best is for validate, test and predict"
+                )
             root = logger_root(config)
             if root is None:
-                raise ResumeError(f"--ckpt_path {ckpt} searches the runs of the configured logger, and there is "
-                                  "none (trainer.logger); pass the path of a .ckpt file instead")
+                raise ResumeError(
+                    f"--ckpt_path {ckpt} searches the runs of the configured logger, and there is "
+                    "none (trainer.logger); pass the path of a .ckpt file instead"
+                )
             config.ckpt_path = str(newest_checkpoint(root, ckpt))
             print(f"{'resuming' if subcommand == 'fit' else 'evaluating'} {config.ckpt_path}", flush=True)
         read_checkpoint(config.ckpt_path)  # one line for a missing or unreadable file; loads no code
@@ -158,8 +171,10 @@ class FashionMNISTCLI(LightningCLI):
             super()._parse_ckpt_path()
         except (ArgumentError, SystemExit) as err:
             ckpt = self.config[self.config.subcommand].get("ckpt_path")
-            raise CheckpointError(f"{ckpt} was not written for this model: its hyper-parameters do not parse "
-                                  f"({one_line(err, [])[:200]}); pass a .ckpt written by `fashion-mnist fit`") from None
+            raise CheckpointError(
+                f"{ckpt} was not written for this model: its hyper-parameters do not parse "
+                f"({one_line(err, [])[:200]}); pass a .ckpt written by `fashion-mnist fit`"
+            ) from None
 
     # ------------------------------------------------------------------------------------------------
     # instantiation: the command's own folder, the template's callbacks, values torch rejects
@@ -185,8 +200,10 @@ class FashionMNISTCLI(LightningCLI):
                 _, init.version = claim(parent, f"{self.subcommand}_")
                 init.save_dir, init.name = str(parent), ""
         except OSError as err:
-            raise ConfigError(f"cannot create a run folder in {err.filename or root} ({err.strerror}); pass a "
-                              "writable folder with --trainer.logger.init_args.save_dir") from None
+            raise ConfigError(
+                f"cannot create a run folder in {err.filename or root} ({err.strerror}); pass a "
+                "writable folder with --trainer.logger.init_args.save_dir"
+            ) from None
 
     def instantiate_classes(self) -> None:
         try:
@@ -194,8 +211,9 @@ class FashionMNISTCLI(LightningCLI):
         except ConfigError:
             raise
         except (ValueError, TypeError) as err:  # raised by a class's __init__ for a value the user passed
-            raise ConfigError(f"invalid value: {first_line(err)}; fix the flag or config key "
-                              "(`fashion-mnist fit --help` lists them)") from None
+            raise ConfigError(
+                f"invalid value: {first_line(err)}; fix the flag or config key (`fashion-mnist fit --help` lists them)"
+            ) from None
 
     def instantiate_trainer(self, **kwargs):
         config = self.config_init[self.subcommand]
@@ -212,8 +230,11 @@ class FashionMNISTCLI(LightningCLI):
         try:
             return super().instantiate_trainer(callbacks=callbacks, **kwargs)
         except (MisconfigurationException, RuntimeError) as err:  # the Trainer rejects these settings
-            hint = ("; this machine has no GPU: run this config on a GPU machine, or pass --trainer.accelerator cpu"
-                    if re.search(r"gpu|cuda|mps", str(err), re.IGNORECASE) else "")
+            hint = (
+                "; this machine has no GPU: run this config on a GPU machine, or pass --trainer.accelerator cpu"
+                if re.search(r"gpu|cuda|mps", str(err), re.IGNORECASE)
+                else ""
+            )
             raise ConfigError(f"trainer: {first_line(err)}{hint}") from None
 
     def after_instantiate_classes(self) -> None:
@@ -235,8 +256,9 @@ class FashionMNISTCLI(LightningCLI):
         results = self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None, verbose=False)
         confusion = next((c for c in self.trainer.callbacks if isinstance(c, ConfusionMatrixLogger)), None)
         if self.trainer.is_global_zero:
-            print_summary(run_dir(self.trainer), results[0] if results else {}, best,
-                          confusion.test_images if confusion else None)
+            print_summary(
+                run_dir(self.trainer), results[0] if results else {}, best, confusion.test_images if confusion else None
+            )
 
 
 def logger_init_args(config: Namespace) -> Namespace | None:
@@ -258,11 +280,14 @@ def check_optimizer(model: FashionMNISTClassifier) -> None:
         optimizer = model.optimizer_factory([{"params": [torch.nn.Parameter(torch.zeros(1))]}])
         if model.scheduler_factory is not None:
             keywords = getattr(model.scheduler_factory, "keywords", {})
-            model.scheduler_factory(optimizer, **({"total_steps": 10} if keywords.get("total_steps", 0) is None
-                                                  else {}))
+            model.scheduler_factory(
+                optimizer, **({"total_steps": 10} if keywords.get("total_steps", 0) is None else {})
+            )
     except (ValueError, TypeError) as err:
-        raise ConfigError(f"model.optimizer / model.scheduler: {first_line(err)}; fix its init_args "
-                          "(e.g. --model.optimizer.init_args.lr)") from None
+        raise ConfigError(
+            f"model.optimizer / model.scheduler: {first_line(err)}; fix its init_args "
+            "(e.g. --model.optimizer.init_args.lr)"
+        ) from None
 
 
 def has(objects: list, kind: type) -> bool:
@@ -290,6 +315,7 @@ def print_summary(run: Path, metrics: dict, best: str, images: int | None) -> No
 # ----------------------------------------------------------------------------------------------------
 # one-line errors
 
+
 def valid_keys(parser, args) -> list[str]:
     """The dotted keys the chosen subcommand accepts, for 'did you mean' (jsonargparse has no public map of
     subcommand parsers; without one there is simply no suggestion)."""
@@ -303,11 +329,18 @@ def valid_keys(parser, args) -> list[str]:
 def one_line(error: BaseException, valid_keys: list[str]) -> str:
     """jsonargparse's multi-line message as one line, with the closest valid key for a typo."""
     message = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
-    for noise in (r"Does not validate against any of the Union subtypes Subtypes: \[.*?\] Errors: ",
-                  r"- Expected a <class 'NoneType'>\s*", r"Given value type: <class '[^']*'>\s*", r"(?<!\S)- "):
+    for noise in (
+        r"Does not validate against any of the Union subtypes Subtypes: \[.*?\] Errors: ",
+        r"- Expected a <class 'NoneType'>\s*",
+        r"Given value type: <class '[^']*'>\s*",
+        r"(?<!\S)- ",
+    ):
         message = re.sub(noise, "", message)
-    typo = re.search(r'No action for key "([^"]+)"|does not accept option .([\w.]+).|Unrecognized arguments: --?(\S+)',
-                     message, re.IGNORECASE)
+    typo = re.search(
+        r'No action for key "([^"]+)"|does not accept option .([\w.]+).|Unrecognized arguments: --?(\S+)',
+        message,
+        re.IGNORECASE,
+    )
     if typo:
         key = next(group for group in typo.groups() if group).split("=")[0]
         close = difflib.get_close_matches(key, valid_keys, n=1, cutoff=0.6)
@@ -318,10 +351,12 @@ def one_line(error: BaseException, valid_keys: list[str]) -> str:
 # ----------------------------------------------------------------------------------------------------
 # library noise: each filter names one message and why it is safe to drop
 
+
 def quiet_library_noise() -> None:
     # Lightning's advertisement for its cloud loggers, printed by every Trainer: not about this run.
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
-        lambda record: not str(record.getMessage()).startswith("💡 Tip"))
+        lambda record: not str(record.getMessage()).startswith("💡 Tip")
+    )
     # Lightning 2.6's own use of torch's pytree API; nothing a user can change.
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated")
     # --ckpt_path last writes into the run's own, non-empty checkpoint folder on purpose.
@@ -329,7 +364,8 @@ def quiet_library_noise() -> None:
     # "`Trainer.fit` stopped: `max_epochs=18` reached." says what the user asked for, and lands glued to the
     # progress bar's last line.
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
-        lambda record: "` stopped: `" not in str(record.getMessage()))
+        lambda record: "` stopped: `" not in str(record.getMessage())
+    )
     # bf16-mixed only changes the model summary's size estimate, which then assumes 32-bit weights.
     warnings.filterwarnings("ignore", message=r"Precision bf16-mixed is not supported by the model summary")
 
@@ -365,21 +401,26 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nstopped: {err}", file=sys.stderr, flush=True)
         return 128 + err.signum
     except OSError as err:
-        return fail(f"{err.strerror or err} while writing {err.filename or 'a file'}; free space or pass a "
-                    "writable folder (--trainer.logger.init_args.save_dir), then resume with --ckpt_path last "
-                    "(checkpoints already written are intact)", 1)
+        return fail(
+            f"{err.strerror or err} while writing {err.filename or 'a file'}; free space or pass a "
+            "writable folder (--trainer.logger.init_args.save_dir), then resume with --ckpt_path last "
+            "(checkpoints already written are intact)",
+            1,
+        )
     except RuntimeError as err:
         if distributed_failure(err):
-            return fail(f"DDP: {first_line(err)[:300]}; another process stopped or hangs. The wait is bounded by "
-                        "--trainer.strategy.init_args.timeout (configs/ddp_cpu.yaml); resume with --ckpt_path last", 1)
+            return fail(
+                f"DDP: {first_line(err)[:300]}; another process stopped or hangs. The wait is bounded by "
+                "--trainer.strategy.init_args.timeout (configs/ddp_cpu.yaml); resume with --ckpt_path last",
+                1,
+            )
         raise
     finally:
         leave_process_group(finished)
 
 
 def fail(error: BaseException | str, code: int) -> int:
-    print(f"\nerror: {first_line(error) if isinstance(error, BaseException) else error}", file=sys.stderr,
-          flush=True)
+    print(f"\nerror: {first_line(error) if isinstance(error, BaseException) else error}", file=sys.stderr, flush=True)
     return code
 
 
@@ -387,8 +428,11 @@ def distributed_failure(err: RuntimeError) -> bool:
     import torch.distributed as dist
 
     text = str(err).lower()
-    return (dist.is_available() and dist.is_initialized()
-            and any(word in text for word in ("timed out", "timeout", "connection closed", "connection reset")))
+    return (
+        dist.is_available()
+        and dist.is_initialized()
+        and any(word in text for word in ("timed out", "timeout", "connection closed", "connection reset"))
+    )
 
 
 def leave_process_group(finished: bool) -> None:

@@ -40,8 +40,11 @@ class FashionMNISTDataModule(L.LightningDataModule):
         predict_dir: str | None = None,  # predict: a folder of image files (PNG, JPEG, ...); None = the test set
     ):
         super().__init__()
-        for name, value, low in (("batch_size", batch_size, 1), ("eval_batch_size", eval_batch_size, 1),
-                                 ("crop_padding", crop_padding, 0)):
+        for name, value, low in (
+            ("batch_size", batch_size, 1),
+            ("eval_batch_size", eval_batch_size, 1),
+            ("crop_padding", crop_padding, 0),
+        ):
             if value < low:
                 raise ValueError(f"--data.{name} must be >= {low}, got {value}")
         if not 0 <= val_size < TRAIN_SIZE:
@@ -140,5 +143,10 @@ class FashionMNISTDataModule(L.LightningDataModule):
 
     def _loader(self, dataset: Dataset, batch_size: int, sampler: Sampler | None = None) -> DataLoader:
         # its own generator: creating an iterator must not draw from the global RNG (exact resume)
-        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=keep_batch,
-                          generator=torch.Generator().manual_seed(self.seed))
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            sampler=sampler,
+            collate_fn=keep_batch,
+            generator=torch.Generator().manual_seed(self.seed),
+        )

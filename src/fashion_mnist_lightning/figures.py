@@ -12,8 +12,9 @@ from matplotlib.figure import Figure
 RIGHT, WRONG = "#1a7f37", "#cf222e"  # title colours of a right / wrong prediction
 
 
-def confusion_figure(matrix: np.ndarray, class_names: Sequence[str], normalize: bool = False,
-                     title: str = "") -> Figure:
+def confusion_figure(
+    matrix: np.ndarray, class_names: Sequence[str], normalize: bool = False, title: str = ""
+) -> Figure:
     """Rows = true class, columns = predicted class; counts (or row fractions) in the cells."""
     matrix = np.asarray(matrix, dtype=np.float64)
     if normalize:
@@ -30,13 +31,21 @@ def confusion_figure(matrix: np.ndarray, class_names: Sequence[str], normalize: 
     threshold = matrix.max() / 2 if matrix.size else 0
     for i, j in np.ndindex(matrix.shape):
         text = f"{matrix[i, j]:.2f}" if normalize else f"{int(matrix[i, j])}"
-        ax.text(j, i, text, ha="center", va="center", fontsize=7,
-                color="white" if matrix[i, j] > threshold else "black")
+        ax.text(
+            j, i, text, ha="center", va="center", fontsize=7, color="white" if matrix[i, j] > threshold else "black"
+        )
     return fig
 
 
-def prediction_grid(images: np.ndarray, labels: np.ndarray, predicted: np.ndarray, probability: np.ndarray,
-                    class_names: Sequence[str], columns: int = 8, title: str = "") -> Figure:
+def prediction_grid(
+    images: np.ndarray,
+    labels: np.ndarray,
+    predicted: np.ndarray,
+    probability: np.ndarray,
+    class_names: Sequence[str],
+    columns: int = 8,
+    title: str = "",
+) -> Figure:
     """Images (N, 28, 28) in [0, 1], each titled 'predicted p' over 'true: name', green when right, red when wrong.
 
     One mosaic image in one axes (not one axes per image): drawing it costs a fraction of a second, which
@@ -48,7 +57,7 @@ def prediction_grid(images: np.ndarray, labels: np.ndarray, predicted: np.ndarra
     mosaic = np.ones((rows * cell_h, columns * cell_w))  # white background, light-on-black images pasted in
     for k, image in enumerate(images):
         top, left = (k // columns) * cell_h + band, (k % columns) * cell_w
-        mosaic[top: top + 28, left: left + 28] = image
+        mosaic[top : top + 28, left : left + 28] = image
     inch = 1 / 20  # figure inches per mosaic pixel
     fig = Figure(figsize=(cell_w * columns * inch, cell_h * rows * inch + (0.3 if title else 0)), layout="constrained")
     ax = fig.add_subplot()
@@ -56,8 +65,15 @@ def prediction_grid(images: np.ndarray, labels: np.ndarray, predicted: np.ndarra
     ax.set_axis_off()
     for k in range(len(images)):
         x, y = (k % columns) * cell_w + 14, (k // columns) * cell_h + band - 1
-        ax.text(x, y, f"{class_names[predicted[k]]} {probability[k]:.2f}\ntrue: {class_names[labels[k]]}",
-                ha="center", va="bottom", fontsize=7, color=RIGHT if predicted[k] == labels[k] else WRONG)
+        ax.text(
+            x,
+            y,
+            f"{class_names[predicted[k]]} {probability[k]:.2f}\ntrue: {class_names[labels[k]]}",
+            ha="center",
+            va="bottom",
+            fontsize=7,
+            color=RIGHT if predicted[k] == labels[k] else WRONG,
+        )
     if title:
         fig.suptitle(title, fontsize=10)
     return fig

@@ -157,8 +157,10 @@ class FashionMNISTClassifier(L.LightningModule):
         """Weight decay on weight matrices and convolution kernels only, not on biases or normalisation
         parameters (as nanoGPT and airbench do): decaying those only pulls the network towards a bad offset."""
         params = [p for p in self.parameters() if p.requires_grad]
-        return [{"params": [p for p in params if p.ndim >= 2], "name": "weights"},
-                {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0, "name": "biases_and_norms"}]
+        return [
+            {"params": [p for p in params if p.ndim >= 2], "name": "weights"},
+            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0, "name": "biases_and_norms"},
+        ]
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self._resumed_schedule_steps = [s.get("total_steps") for s in checkpoint.get("lr_schedulers", [])]
@@ -173,4 +175,5 @@ class FashionMNISTClassifier(L.LightningModule):
                 f"this run's {name} schedule was built for {planned} steps, the resumed run would take {total_steps}: "
                 "a schedule sized to its run cannot be extended. Resume with the run's own --trainer.max_epochs, "
                 "or start a new run with the new length: "
-                "fashion-mnist fit --config <run folder>/config.yaml --trainer.max_epochs N")
+                "fashion-mnist fit --config <run folder>/config.yaml --trainer.max_epochs N"
+            )

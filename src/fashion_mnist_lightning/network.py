@@ -59,8 +59,12 @@ class VGGNet(nn.Module):
         super().__init__()
         self.normalize = Normalize(mean, std)
         self.features = nn.Sequential(
-            conv_bn_relu(1, width), conv_bn_relu(width, width), nn.MaxPool2d(2),  # (N, w, 14, 14)
-            conv_bn_relu(width, 2 * width), conv_bn_relu(2 * width, 2 * width), nn.MaxPool2d(2),  # (N, 2w, 7, 7)
+            conv_bn_relu(1, width),
+            conv_bn_relu(width, width),
+            nn.MaxPool2d(2),  # (N, w, 14, 14)
+            conv_bn_relu(width, 2 * width),
+            conv_bn_relu(2 * width, 2 * width),
+            nn.MaxPool2d(2),  # (N, 2w, 7, 7)
         )
         self.head = nn.Sequential(nn.Flatten(), nn.Dropout(dropout), nn.Linear(2 * width * 7 * 7, 10))
 

@@ -12,8 +12,14 @@ from fashion_mnist_lightning.runs.signals import CheckpointOnSignal
 
 class ReportTrainer(Callback):
     def setup(self, trainer, pl_module, stage: str) -> None:
-        found = [type(trainer.strategy.checkpoint_io).__name__ if isinstance(trainer.strategy.checkpoint_io,
-                                                                              AtomicCheckpointIO) else "-"]
-        found += sorted(type(c).__name__ for c in trainer.callbacks
-                        if isinstance(c, (CheckpointOnSignal, FiniteLossGuard, RNGStates)))
+        found = [
+            type(trainer.strategy.checkpoint_io).__name__
+            if isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)
+            else "-"
+        ]
+        found += sorted(
+            type(c).__name__
+            for c in trainer.callbacks
+            if isinstance(c, (CheckpointOnSignal, FiniteLossGuard, RNGStates))
+        )
         Path("trainer.txt").write_text(" ".join(found))

@@ -20,8 +20,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fashion_mnist_lightning.data", description=__doc__)
     parser.add_argument("--data_dir", default="data")
     parser.add_argument("--no-download", dest="download", action="store_false")
-    parser.add_argument("--check", action="store_true",
-                        help="exit 1 unless a valid cache or a local copy exists (no download)")
+    parser.add_argument(
+        "--check", action="store_true", help="exit 1 unless a valid cache or a local copy exists (no download)"
+    )
     args = parser.parse_args(argv)
     data_dir = Path(args.data_dir)
     if args.check:
@@ -34,8 +35,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     arrays = load_cache(data_dir)
-    print(f"Fashion-MNIST ready: {len(arrays['train_labels'])} train + {len(arrays['test_labels'])} test "
-          f"images, verified, cached in {path}")
+    print(
+        f"Fashion-MNIST ready: {len(arrays['train_labels'])} train + {len(arrays['test_labels'])} test "
+        f"images, verified, cached in {path}"
+    )
     return 0
 
 

@@ -20,8 +20,16 @@ import torch
 from fashion_mnist_lightning.runs.checkpoint_io import atomic_torch_save
 
 CLASS_NAMES = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
 )
 SYSTEM_DATA_DIR = Path("/usr/share/datasets/fashion-mnist")
 # SHA-256 of the *decompressed* IDX files as Zalando published them; gz bytes differ between compressors.
@@ -47,16 +55,21 @@ class DataError(RuntimeError):
 # ----------------------------------------------------------------------------------------------------
 # IDX files: parse, encode, read, verify
 
+
 def parse_idx(raw: bytes, name: str, ndim: int) -> torch.Tensor:
     """IDX bytes -> uint8 tensor. Header: 0x00 0x00 0x08 (unsigned byte) ndim, then ndim big-endian uint32 sizes."""
     if len(raw) < 4 or raw[:3] != b"\x00\x00\x08" or raw[3] != ndim:
-        raise DataError(f"{name}: wrong IDX magic {raw[:4].hex() or 'empty'}, expected 0000080{ndim}; "
-                        "it is not the original file, replace it with the original")
-    dims = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim])
-    payload = memoryview(raw)[4 + 4 * ndim:]
+        raise DataError(
+            f"{name}: wrong IDX magic {raw[:4].hex() or 'empty'}, expected 0000080{ndim}; "
+            "it is not the original file, replace it with the original"
+        )
+    dims = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
+    payload = memoryview(raw)[4 + 4 * ndim :]
     if len(payload) != _prod(dims):
-        raise DataError(f"{name}: header says {'x'.join(map(str, dims))} = {_prod(dims)} bytes of data but the "
-                        f"file holds {len(payload)}; the file is truncated or corrupt, replace it with the original")
+        raise DataError(
+            f"{name}: header says {'x'.join(map(str, dims))} = {_prod(dims)} bytes of data but the "
+            f"file holds {len(payload)}; the file is truncated or corrupt, replace it with the original"
+        )
     return torch.frombuffer(bytearray(payload), dtype=torch.uint8).reshape(dims)
 
 
@@ -74,8 +87,10 @@ def read_idx_file(path: Path) -> bytes:
                 return f.read()
         return path.read_bytes()
     except (EOFError, OSError, zlib.error) as err:
-        raise DataError(f"{path}: cannot be read ({err}); the download is truncated or the file is corrupt, "
-                        "replace it with the original") from err
+        raise DataError(
+            f"{path}: cannot be read ({err}); the download is truncated or the file is corrupt, "
+            "replace it with the original"
+        ) from err
 
 
 def sha256(raw: bytes) -> str:
@@ -85,9 +100,11 @@ def sha256(raw: bytes) -> str:
 def verify(raw: bytes, stem: str, path: Path) -> None:
     expected, actual = IDX_SHA256[stem], sha256(raw)
     if actual != expected:
-        raise DataError(f"{path}: SHA-256 of the decompressed file is {actual}, expected {expected}; "
-                        "the file is corrupt or not the original Fashion-MNIST, replace it "
-                        "(this program never deletes it for you)")
+        raise DataError(
+            f"{path}: SHA-256 of the decompressed file is {actual}, expected {expected}; "
+            "the file is corrupt or not the original Fashion-MNIST, replace it "
+            "(this program never deletes it for you)"
+        )
 
 
 def _prod(dims) -> int:
@@ -99,6 +116,7 @@ def _prod(dims) -> int:
 
 # ----------------------------------------------------------------------------------------------------
 # Finding the raw files: data_dir -> system copy -> torchvision download
+
 
 def candidate_dirs(data_dir: Path) -> list[Path]:
     return [data_dir, data_dir / "FashionMNIST" / "raw", SYSTEM_DATA_DIR]
@@ -135,8 +153,7 @@ def locate_raw(data_dir: Path, download: bool) -> dict[str, Path]:
             tried.append(f"torchvision download ({type(err).__name__}: {str(err).splitlines()[0][:120]})")
     else:
         tried.append("torchvision download (off: download=False)")
-    raise DataError(f"Fashion-MNIST not found; tried {'; '.join(tried)}. To fix: "
-                    + FIX_HINT.format(data_dir=data_dir))
+    raise DataError(f"Fashion-MNIST not found; tried {'; '.join(tried)}. To fix: " + FIX_HINT.format(data_dir=data_dir))
 
 
 def load_raw(data_dir: Path, download: bool = True) -> dict[str, torch.Tensor]:
@@ -151,13 +168,16 @@ def load_raw(data_dir: Path, download: bool = True) -> dict[str, torch.Tensor]:
             verify(raw, stem, paths[stem])
         n_images, n_labels = len(arrays[f"{key}_images"]), len(arrays[f"{key}_labels"])
         if n_images != n_labels:
-            raise DataError(f"{key} set: {n_images} images but {n_labels} labels in {paths[stem].parent}; "
-                            "the files do not belong together, replace them with the originals")
+            raise DataError(
+                f"{key} set: {n_images} images but {n_labels} labels in {paths[stem].parent}; "
+                "the files do not belong together, replace them with the originals"
+            )
     return arrays
 
 
 # ----------------------------------------------------------------------------------------------------
 # The uint8 cache: written once, verified against the pinned hashes, rebuilt when stale or corrupt
+
 
 def cache_is_valid(arrays: dict) -> bool:
     """True when the cached tensors re-encode to IDX files with exactly the pinned SHA-256 values."""
@@ -191,8 +211,10 @@ def write_cache(path: Path, arrays: dict) -> None:
     try:
         atomic_torch_save({"format": CACHE_FORMAT, **arrays}, path)
     except OSError as err:
-        raise DataError(f"cannot write the data cache in {path.parent} ({err.strerror}); "
-                        "pass a writable folder with --data.data_dir") from err
+        raise DataError(
+            f"cannot write the data cache in {path.parent} ({err.strerror}); "
+            "pass a writable folder with --data.data_dir"
+        ) from err
 
 
 def prepare(data_dir: str | Path, download: bool = True) -> Path:
@@ -209,6 +231,5 @@ def load_cache(data_dir: str | Path) -> dict[str, torch.Tensor]:
     path = Path(data_dir) / CACHE_NAME
     arrays = read_cache(path)
     if arrays is None or arrays.get("format") != CACHE_FORMAT:
-        raise DataError(f"no usable data cache at {path}; run prepare_data() first (the Trainer does), "
-                        "or `make data`")
+        raise DataError(f"no usable data cache at {path}; run prepare_data() first (the Trainer does), or `make data`")
     return arrays

@@ -52,7 +52,7 @@ def fashion_mnist_like(image: Image.Image) -> torch.Tensor:
         return torch.from_numpy(grey.copy())
     rows, cols = np.nonzero(grey > OBJECT_THRESHOLD * max(int(grey.max()), 1))
     if len(rows):
-        grey = grey[rows.min():rows.max() + 1, cols.min():cols.max() + 1]  # the object's bounding box
+        grey = grey[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]  # the object's bounding box
     h, w = grey.shape
     scale = SIZE / max(h, w)
     resized = Image.fromarray(grey).resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.LANCZOS)

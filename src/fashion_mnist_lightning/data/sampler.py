@@ -84,7 +84,7 @@ class EpochShuffle(DistributedSampler):
             self._resume = None
             if epoch == self.epoch:
                 self.done = done
-        for index in mine[self.done:]:
+        for index in mine[self.done :]:
             self.done += 1
             yield index
 

@@ -21,8 +21,10 @@ def seed_cnn_state(ckpt_path: str | Path) -> dict[str, torch.Tensor]:
     network = {k.removeprefix("network."): v for k, v in state.items() if k.startswith("network.")}
     expected = {k: tuple(v.shape) for k, v in SeedCNN().state_dict().items()}
     if {k: tuple(v.shape) for k, v in network.items()} != expected:
-        raise CheckpointError(f"{ckpt_path} does not hold a SeedCNN (the NumPy reference re-implements that "
-                              "network only); pass a checkpoint trained with configs/default.yaml or seed.yaml")
+        raise CheckpointError(
+            f"{ckpt_path} does not hold a SeedCNN (the NumPy reference re-implements that "
+            "network only); pass a checkpoint trained with configs/default.yaml or seed.yaml"
+        )
     return network
 
 
@@ -49,11 +51,14 @@ def crosscheck(state: dict[str, torch.Tensor], images: torch.Tensor, labels: tor
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="fashion-mnist crosscheck",
-                                     description="Run the NumPy reference CNN and the torch model on the 10k "
-                                                 "test images; exit 1 when they disagree beyond tolerance.")
-    parser.add_argument("--ckpt_path", required=True, help="a SeedCNN checkpoint (.ckpt), or best / last of the "
-                                                            "newest run")
+    parser = argparse.ArgumentParser(
+        prog="fashion-mnist crosscheck",
+        description="Run the NumPy reference CNN and the torch model on the 10k "
+        "test images; exit 1 when they disagree beyond tolerance.",
+    )
+    parser.add_argument(
+        "--ckpt_path", required=True, help="a SeedCNN checkpoint (.ckpt), or best / last of the newest run"
+    )
     parser.add_argument("--data_dir", default="data")
     parser.add_argument("--tolerance", type=float, default=1e-4, help="largest allowed |logit difference|")
     args = parser.parse_args(argv)

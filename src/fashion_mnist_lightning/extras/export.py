@@ -52,17 +52,26 @@ def export(network: nn.Module, fmt: str, output: Path) -> Path:
     elif fmt == "onnx":
         with tempfile.TemporaryDirectory() as tmp:  # torch writes by path; one file, weights inside
             path = Path(tmp) / output.name
-            torch.onnx.export(network, (example,), str(path), input_names=["images"], output_names=["logits"],
-                              dynamic_shapes={"images": {0: batch}}, dynamo=True, external_data=False, verbose=False)
+            torch.onnx.export(
+                network,
+                (example,),
+                str(path),
+                input_names=["images"],
+                output_names=["logits"],
+                dynamic_shapes={"images": {0: batch}},
+                dynamo=True,
+                external_data=False,
+                verbose=False,
+            )
             atomic_write(output, lambda f: f.write(path.read_bytes()))
     elif fmt == "pt2":
         program = torch.export.export(network, (example,), dynamic_shapes={"images": {0: batch}})
         atomic_write(output, lambda f: torch.export.save(program, f))
     elif fmt == "torchscript":
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)  # "torch.jit.trace is deprecated"
+        with warnings.catch_warnings():  # "torch.jit.trace/save is deprecated": the format's own note says so
+            warnings.simplefilter("ignore", FutureWarning)
             traced = torch.jit.trace(network, example)
-        atomic_write(output, lambda f: torch.jit.save(traced, f))
+            atomic_write(output, lambda f: torch.jit.save(traced, f))
     else:
         raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     return output
@@ -74,10 +83,12 @@ def default_output(ckpt_path: Path, fmt: str) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="fashion-mnist export", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--ckpt_path", required=True,
-                        help="a .ckpt written by `fashion-mnist fit`, or best / last of the newest run")
+    parser = argparse.ArgumentParser(
+        prog="fashion-mnist export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--ckpt_path", required=True, help="a .ckpt written by `fashion-mnist fit`, or best / last of the newest run"
+    )
     parser.add_argument("--format", choices=list(FORMATS), default="state_dict")
     parser.add_argument("--output", type=Path, help="default: <run folder>/export/<checkpoint name>.<ext>")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
@@ -102,8 +113,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --format {args.format} needs {err.name}; pip install -e '.[export]'", file=sys.stderr)
         return 2
     except OSError as err:
-        print(f"error: cannot write {output} ({err.strerror or err}); pass --output with a writable path",
-              file=sys.stderr)
+        print(
+            f"error: cannot write {output} ({err.strerror or err}); pass --output with a writable path", file=sys.stderr
+        )
         return 2
     print(f"exported {type(network).__name__} ({args.format}) to {output}")
     return 0

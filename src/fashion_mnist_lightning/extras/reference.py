@@ -14,6 +14,7 @@ import numpy as np
 # ====================================================================================================
 # Part 1: the chapter's activations and losses
 
+
 def sigmoid(x):
     """S(x) = 1 / (1 + e^-x); for x < 0 written as e^x / (1 + e^x) so e^-x never overflows."""
     x = np.asarray(x, dtype=np.float64) if np.asarray(x).dtype.kind in "iub" else np.asarray(x)
@@ -100,6 +101,7 @@ def feed_forward(inputs, outputs, weights):
 # ====================================================================================================
 # Part 2: backpropagation for the chapter's toy network
 
+
 def update_weights(inputs, outputs, weights, lr):
     """One gradient-descent step with hand-derived gradients; returns (updated weights, loss before the step).
 
@@ -113,8 +115,12 @@ def update_weights(inputs, outputs, weights, lr):
     loss = mse(pred, outputs)
     d_pred = 2 * (pred - outputs) / pred.size
     d_hidden_pre = np.dot(d_pred, W2.T) * hidden * (1 - hidden)
-    grads = [np.dot(np.transpose(inputs), d_hidden_pre), d_hidden_pre.sum(axis=0),
-             np.dot(hidden.T, d_pred), d_pred.sum(axis=0)]
+    grads = [
+        np.dot(np.transpose(inputs), d_hidden_pre),
+        d_hidden_pre.sum(axis=0),
+        np.dot(hidden.T, d_pred),
+        d_pred.sum(axis=0),
+    ]
     return [w - lr * g for w, g in zip(weights, grads)], loss
 
 
@@ -144,6 +150,7 @@ def train_toy(steps: int = 100, lr: float = 0.01) -> list[float]:
 # ====================================================================================================
 # Part 3: the seed CNN, layer by layer, forward and backward. Layouts follow torch: x (N, C, H, W),
 # conv weight (O, C, k, k), linear weight (out, in).
+
 
 def conv2d(x, w, b):
     """y[n, o, i, j] = b[o] + sum_{c, u, v} x[n, c, i + u, j + v] w[o, c, u, v] (cross-correlation, stride 1)."""
@@ -204,8 +211,18 @@ def log_softmax(x):
     return shifted - np.log(np.sum(np.exp(shifted), axis=-1, keepdims=True))
 
 
-CNN_PARAMETERS = ("conv1.weight", "conv1.bias", "conv2.weight", "conv2.bias", "fc1.weight", "fc1.bias",
-                  "fc2.weight", "fc2.bias", "out.weight", "out.bias")
+CNN_PARAMETERS = (
+    "conv1.weight",
+    "conv1.bias",
+    "conv2.weight",
+    "conv2.bias",
+    "fc1.weight",
+    "fc1.bias",
+    "fc2.weight",
+    "fc2.bias",
+    "out.weight",
+    "out.bias",
+)
 
 
 def _cnn_forward_with_cache(params, images):
@@ -228,8 +245,9 @@ def _cnn_forward_with_cache(params, images):
 
 def cnn_forward(params, images, batch_size: int = 1000):
     """The seed CNN on raw images (N, 1, 28, 28) in [0, 1] -> logits (N, 10); params = its state_dict as NumPy."""
-    return np.concatenate([_cnn_forward_with_cache(params, images[i:i + batch_size])[0]
-                           for i in range(0, len(images), batch_size)])
+    return np.concatenate(
+        [_cnn_forward_with_cache(params, images[i : i + batch_size])[0] for i in range(0, len(images), batch_size)]
+    )
 
 
 def cnn_loss_and_grads(params, images, labels):
@@ -244,15 +262,17 @@ def cnn_loss_and_grads(params, images, labels):
     grads = {}
     d_a4, grads["out.weight"], grads["out.bias"] = linear_layer_backward(d_logits, a4, params["out.weight"])
     d_a3, grads["fc2.weight"], grads["fc2.bias"] = linear_layer_backward(
-        relu_backward(d_a4, z4), a3, params["fc2.weight"])
+        relu_backward(d_a4, z4), a3, params["fc2.weight"]
+    )
     d_f, grads["fc1.weight"], grads["fc1.bias"] = linear_layer_backward(
-        relu_backward(d_a3, z3), f, params["fc1.weight"])
+        relu_backward(d_a3, z3), f, params["fc1.weight"]
+    )
     d_a2 = max_pool2d_backward(d_f.reshape(p2.shape), a2)
-    d_p1, grads["conv2.weight"], grads["conv2.bias"] = conv2d_backward(relu_backward(d_a2, z2), p1,
-                                                                       params["conv2.weight"])
+    d_p1, grads["conv2.weight"], grads["conv2.bias"] = conv2d_backward(
+        relu_backward(d_a2, z2), p1, params["conv2.weight"]
+    )
     d_a1 = max_pool2d_backward(d_p1, a1)
-    _, grads["conv1.weight"], grads["conv1.bias"] = conv2d_backward(relu_backward(d_a1, z1), x0,
-                                                                    params["conv1.weight"])
+    _, grads["conv1.weight"], grads["conv1.bias"] = conv2d_backward(relu_backward(d_a1, z1), x0, params["conv1.weight"])
     return loss, grads
 
 

@@ -89,30 +89,42 @@ def most_confident_mistakes(labels: np.ndarray, probabilities: np.ndarray, count
 def write_table(path: Path, class_names, table: dict[str, np.ndarray]) -> None:
     lines = ["class,support,precision,recall,f1,accuracy_ovr"]
     for i, name in enumerate(class_names):
-        lines.append(f"{name},{table['support'][i]},{table['precision'][i]:.4f},{table['recall'][i]:.4f},"
-                     f"{table['f1'][i]:.4f},{table['accuracy_ovr'][i]:.4f}")
+        lines.append(
+            f"{name},{table['support'][i]},{table['precision'][i]:.4f},{table['recall'][i]:.4f},"
+            f"{table['f1'][i]:.4f},{table['accuracy_ovr'][i]:.4f}"
+        )
     path.write_text("\n".join(lines) + "\n")
 
 
-def markdown(ckpt_path: Path, checkpoint_epoch: int, class_names, matrix: np.ndarray, table: dict,
-             curves: dict, tta: bool) -> str:
+def markdown(
+    ckpt_path: Path, checkpoint_epoch: int, class_names, matrix: np.ndarray, table: dict, curves: dict, tta: bool
+) -> str:
     accuracy = np.trace(matrix) / matrix.sum()
-    rows = "\n".join(f"| {name} | {table['support'][i]} | {100 * table['precision'][i]:.1f} | "
-                     f"{100 * table['recall'][i]:.1f} | {100 * table['f1'][i]:.1f} | "
-                     f"{100 * table['accuracy_ovr'][i]:.2f} |" for i, name in enumerate(class_names))
+    rows = "\n".join(
+        f"| {name} | {table['support'][i]} | {100 * table['precision'][i]:.1f} | "
+        f"{100 * table['recall'][i]:.1f} | {100 * table['f1'][i]:.1f} | "
+        f"{100 * table['accuracy_ovr'][i]:.2f} |"
+        for i, name in enumerate(class_names)
+    )
     off_diagonal = matrix - np.diag(np.diag(matrix))
     pairs = sorted(np.ndindex(matrix.shape), key=lambda ij: -off_diagonal[ij])[:5]
-    confused = "\n".join(f"- {class_names[i]} taken for {class_names[j]}: {off_diagonal[i, j]} images"
-                         for i, j in pairs if off_diagonal[i, j])
+    confused = "\n".join(
+        f"- {class_names[i]} taken for {class_names[j]}: {off_diagonal[i, j]} images"
+        for i, j in pairs
+        if off_diagonal[i, j]
+    )
     val = curves.get("val/acc", [])
     best = max(val, key=lambda point: point[1]) if val else None
     best_val = f"{100 * best[1]:.2f} % (epoch {best[0]})" if best else "not logged"
-    curves_part = ("![learning curves](learning_curves.png)" if curves
-                   else "No TensorBoard event files with epoch metrics were found in the run folder.")
+    curves_part = (
+        "![learning curves](learning_curves.png)"
+        if curves
+        else "No TensorBoard event files with epoch metrics were found in the run folder."
+    )
     return f"""# Report: {ckpt_path.name}
 
 - checkpoint: `{ckpt_path}` (after epoch {checkpoint_epoch + 1})
-- test accuracy: **{100 * accuracy:.2f} %** on {int(matrix.sum()):,} test images{', flip TTA' if tta else ''}
+- test accuracy: **{100 * accuracy:.2f} %** on {int(matrix.sum()):,} test images{", flip TTA" if tta else ""}
   (float32 on the CPU; the test of a bf16 run may differ in the last digit)
 - best validation accuracy during training: {best_val}
 
@@ -129,7 +141,7 @@ Rows are the true class, columns the predicted one.
 
 Most confused:
 
-{confused or '- none'}
+{confused or "- none"}
 
 ## Per class (test)
 
@@ -156,8 +168,9 @@ def write_report(ckpt_path: Path, data_dir: Path, output: Path | None = None, mi
     images, labels = arrays["test_images"], arrays["test_labels"].long().numpy()  # (N, 28, 28) uint8, (N,)
     probabilities = predict(model, images).numpy()  # (N, 10)
     names = model.class_names
-    matrix, table = class_statistics(torch.from_numpy(labels), torch.from_numpy(probabilities.argmax(axis=1)),
-                                     len(names))
+    matrix, table = class_statistics(
+        torch.from_numpy(labels), torch.from_numpy(probabilities.argmax(axis=1)), len(names)
+    )
     run = run_folder(ckpt_path)
     curves = read_curves(run)
 
@@ -166,13 +179,19 @@ def write_report(ckpt_path: Path, data_dir: Path, output: Path | None = None, mi
     figures = {
         "learning_curves.png": learning_curves(curves, title=run.name) if curves else None,
         "confusion_matrix.png": confusion_figure(matrix, names, title=f"test ({len(labels):,} images), counts"),
-        "confusion_matrix_normalized.png": confusion_figure(matrix, names, normalize=True,
-                                                            title=f"test ({len(labels):,} images), row-normalised"),
+        "confusion_matrix_normalized.png": confusion_figure(
+            matrix, names, normalize=True, title=f"test ({len(labels):,} images), row-normalised"
+        ),
     }
     worst = most_confident_mistakes(labels, probabilities, mistakes)
     figures["confident_mistakes.png"] = prediction_grid(
-        images[worst].float().div(255).numpy(), labels[worst], probabilities[worst].argmax(axis=1),
-        probabilities[worst].max(axis=1), names, title=f"the {len(worst)} most confident mistakes (test)")
+        images[worst].float().div(255).numpy(),
+        labels[worst],
+        probabilities[worst].argmax(axis=1),
+        probabilities[worst].max(axis=1),
+        names,
+        title=f"the {len(worst)} most confident mistakes (test)",
+    )
     for name, figure in figures.items():
         if figure is not None:
             figure.savefig(output / name, dpi=110)
@@ -183,10 +202,12 @@ def write_report(ckpt_path: Path, data_dir: Path, output: Path | None = None, mi
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="fashion-mnist report", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--ckpt_path", required=True,
-                        help="a .ckpt written by `fashion-mnist fit`, or best / last of the newest run")
+    parser = argparse.ArgumentParser(
+        prog="fashion-mnist report", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--ckpt_path", required=True, help="a .ckpt written by `fashion-mnist fit`, or best / last of the newest run"
+    )
     parser.add_argument("--data_dir", default="data", type=Path)
     parser.add_argument("--output", type=Path, help="default: <run folder>/report")
     parser.add_argument("--mistakes", type=int, default=24, help="images in the confident-mistakes grid")
@@ -197,8 +218,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except OSError as err:
-        print(f"error: cannot write the report to {err.filename or args.output} ({err.strerror or err}); "
-              "pass --output with a writable folder", file=sys.stderr)
+        print(
+            f"error: cannot write the report to {err.filename or args.output} ({err.strerror or err}); "
+            "pass --output with a writable folder",
+            file=sys.stderr,
+        )
         return 2
     print(f"report: {output / 'report.md'}")
     return 0

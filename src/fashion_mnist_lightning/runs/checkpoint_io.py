@@ -83,6 +83,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 # ----------------------------------------------------------------------------------------------------
 # Reading: weights_only, with one-line errors
 
+
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used, stated in one line with its fix."""
 
@@ -91,14 +92,18 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """A Lightning checkpoint loaded with ``weights_only=True`` (no code runs while loading)."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist; pass the path of a .ckpt file "
-                              "(lightning_logs/version_N/checkpoints/) or --ckpt_path last")
+        raise CheckpointError(
+            f"checkpoint {path} does not exist; pass the path of a .ckpt file "
+            "(lightning_logs/version_N/checkpoints/) or --ckpt_path last"
+        )
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unreadable file gets the same one-line answer
-        raise CheckpointError(f"{path} is not a readable checkpoint ({type(err).__name__}: "
-                              f"{str(err).splitlines()[0][:120] if str(err) else 'no detail'}); "
-                              "pass a .ckpt written by `fashion-mnist fit`") from err
+        raise CheckpointError(
+            f"{path} is not a readable checkpoint ({type(err).__name__}: "
+            f"{str(err).splitlines()[0][:120] if str(err) else 'no detail'}); "
+            "pass a .ckpt written by `fashion-mnist fit`"
+        ) from err
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
         raise CheckpointError(f"{path} holds no Lightning state_dict; pass a .ckpt written by `fashion-mnist fit`")
     return checkpoint
@@ -112,13 +117,16 @@ def check_matches(path: str | os.PathLike, state: dict[str, torch.Tensor], model
         return
     missing, unexpected = sorted(expected.keys() - found.keys()), sorted(found.keys() - expected.keys())
     reshaped = sorted(k for k in expected.keys() & found.keys() if expected[k] != found[k])
-    detail = "; ".join(f"{what}: {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
-                       for what, keys in (("missing", missing), ("unexpected", unexpected), ("other shape", reshaped))
-                       if keys)
+    detail = "; ".join(
+        f"{what}: {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
+        for what, keys in (("missing", missing), ("unexpected", unexpected), ("other shape", reshaped))
+        if keys
+    )
     config = run_folder(path) / "config.yaml"
     fix = f"--config {config}" if config.is_file() else "the config it was trained with"
-    raise CheckpointError(f"{path} holds a different network than the config's {type(model).__name__} "
-                          f"({detail}); pass {fix}")
+    raise CheckpointError(
+        f"{path} holds a different network than the config's {type(model).__name__} ({detail}); pass {fix}"
+    )
 
 
 def run_folder(path: str | os.PathLike) -> Path:

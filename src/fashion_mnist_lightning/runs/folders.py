@@ -65,9 +65,11 @@ def newest_checkpoint(root: Path, which: str) -> Path:
         best = best_checkpoint(last)
         if best is not None:
             return best
-    raise ResumeError(f"--ckpt_path {which}: no run in {root} has a{' best' if which == 'best' else ''} "
-                      f"checkpoint ({root}/version_N/checkpoints/{LAST if which == 'last' else '*.ckpt'}); "
-                      "train one first (make train), or pass the path of a .ckpt file")
+    raise ResumeError(
+        f"--ckpt_path {which}: no run in {root} has a{' best' if which == 'best' else ''} "
+        f"checkpoint ({root}/version_N/checkpoints/{LAST if which == 'last' else '*.ckpt'}); "
+        "train one first (make train), or pass the path of a .ckpt file"
+    )
 
 
 def resolve_checkpoint(value: str | os.PathLike, root: Path = Path("lightning_logs")) -> Path:

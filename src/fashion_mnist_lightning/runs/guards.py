@@ -40,4 +40,5 @@ class FiniteLossGuard(Callback):
             f"training loss is {loss} (gradients not finite) at global step {trainer.global_step} "
             f"(epoch {trainer.current_epoch}); stopped before that step changed the weights, checkpoints kept: "
             "lower the learning rate (--model.optimizer.init_args.lr) or check the data, then resume from a "
-            "checkpoint")
+            "checkpoint"
+        )

@@ -23,8 +23,10 @@ class TrainingInterrupted(Exception):
 
     def __init__(self, signum: int, path: Path, position: str):
         self.signum, self.path = signum, path
-        super().__init__(f"{signal.Signals(signum).name} received: saved {position} to {path}; continue exactly "
-                         "there with the same command plus --ckpt_path last (make train RESUME=1)")
+        super().__init__(
+            f"{signal.Signals(signum).name} received: saved {position} to {path}; continue exactly "
+            "there with the same command plus --ckpt_path last (make train RESUME=1)"
+        )
 
 
 class CheckpointOnSignal(Callback):
@@ -76,7 +78,7 @@ class CheckpointOnSignal(Callback):
     def _checkpoint_and_stop(self, trainer: L.Trainer, position: str) -> None:
         signum, self.received = self.received, None
         path = last_checkpoint_path(trainer)
-        trainer.save_checkpoint(path)  # every process: it synchronises, rank 0 writes
+        trainer.save_checkpoint(path, weights_only=False)  # every process: it synchronises, rank 0 writes
         raise TrainingInterrupted(signum, path, position)
 
 

@@ -1,0 +1,193 @@
+"""The README is a test: every command in its ```bash blocks, and every `make help` target, runs here as written in
+a folder that looks like a fresh clone, in README order, progress bar on, with only size limits added (fewer
+epochs and batches). A command added to the README without a way to run it here fails
+`test_every_readme_command_is_covered`."""
+
+import os
+import re
+import shlex
+import shutil
+import signal
+import socket
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import FASHION_MNIST, REAL_DATA_DIR, ROOT, Workspace
+from fashion_mnist_lightning.data.files import load_cache
+from test_lock import assert_lock_matches
+
+README = ROOT / "README.md"
+FIT_LIMITS = [
+    "--trainer.max_epochs=1",
+    "--trainer.limit_train_batches=12",
+    "--trainer.limit_val_batches=2",
+    "--trainer.limit_test_batches=2",
+]
+EVAL_LIMITS = ["--trainer.limit_val_batches=2", "--trainer.limit_test_batches=2", "--trainer.limit_predict_batches=2"]
+SERVERS = {"tensorboard": "/data/runs"}  # make target -> a URL path that answers once it serves
+THE_SUITE = {"test", "test-fast"}  # the targets that run this very suite: never from inside it
+pytestmark = pytest.mark.xdist_group("readme")  # one worker, README order, one clone
+
+
+def readme_commands() -> list[str]:
+    """Every command line in the README's ```bash blocks, comments stripped, in order."""
+    blocks = re.findall(r"```bash\n(.*?)```", README.read_text(), re.DOTALL)
+    lines = (line.split(" #")[0].strip() for block in blocks for line in block.splitlines())
+    return [line for line in lines if line and not line.startswith("#")]
+
+
+def make_targets() -> list[str]:
+    targets = re.findall(r"^([a-z][a-z-]*):.*## ", (ROOT / "Makefile").read_text(), re.MULTILINE)
+    return sorted(set(targets))
+
+
+class Clone(Workspace):
+    """Like a fresh clone: the repo's files copied (mtimes kept, so make sees the venv as up to date), the
+    environment and the data linked."""
+
+    def __init__(self, path: Path):
+        self.path, self.count = path, 0
+        for name in ("Makefile", "pyproject.toml", "requirements.lock", "README.md"):
+            shutil.copy2(ROOT / name, path / name)
+        for name in ("src", "benchmarks", ".ci"):
+            shutil.copytree(ROOT / name, path / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        for name in (".venv", "configs", "tests"):
+            (path / name).symlink_to(ROOT / name)
+        (path / "data").symlink_to(REAL_DATA_DIR)
+        stamp = ROOT / ".venv/.installed"
+        assert stamp.exists() and all(
+            stamp.stat().st_mtime >= (ROOT / name).stat().st_mtime for name in ("pyproject.toml", "requirements.lock")
+        ), "run `make install` first"
+        images = load_cache(REAL_DATA_DIR)["test_images"][:6]
+        (path / "my_photos").mkdir()
+        for i, image in enumerate(images):  # a few of the user's own pictures: dark on white, bigger, in colour
+            picture = np.kron(255 - image.numpy(), np.ones((3, 3), dtype=np.uint8))
+            Image.fromarray(np.stack([picture] * 3, axis=-1)).save(path / "my_photos" / f"photo_{i}.jpg")
+
+
+@pytest.fixture(scope="module")
+def clone(tmp_path_factory, real_data_dir) -> Clone:
+    return Clone(tmp_path_factory.mktemp("clone"))
+
+
+def with_limits(command: str) -> tuple[dict[str, str], list[str]]:
+    """(environment, argv) of a README command with the size limits a test may add. The user's own flags stay;
+    a limit is only added where the command does not set that key itself."""
+    words = shlex.split(command)
+    env = dict(w.split("=", 1) for w in words if re.fullmatch(r"[A-Z_]+=\S*", w) and words.index(w) == 0)
+    words = words[len(env) :]
+
+    def missing(limits: list[str], given: list[str]) -> list[str]:
+        return [flag for flag in limits if not any(w.startswith(flag.split("=")[0]) for w in given)]
+
+    if words[0] in ("fashion-mnist", "torchrun"):
+        sub = next((w for w in words if w in ("fit", "validate", "test", "predict")), None)
+        if sub is None or "--print_config" in words or "--help" in words:
+            return env, words
+        return env, words + missing(FIT_LIMITS if sub == "fit" else EVAL_LIMITS, words)
+    if words[0] == "make":
+        extra = {"train": FIT_LIMITS, "predict": EVAL_LIMITS, "bench": ["--smoke"]}.get(words[1], [])
+        if extra:
+            user = shlex.split(next((w.split("=", 1)[1] for w in words if w.startswith("ARGS=")), ""))
+            words = [w for w in words if not w.startswith("ARGS=")] + ["ARGS=" + " ".join(user + missing(extra, user))]
+    return env, words
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def serve(clone: Clone, argv: list[str], path: str, port: int) -> None:
+    """Start a server command, wait until http://localhost:port{path} answers, then stop it."""
+    process, log = clone.start(argv)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert process.poll() is None, f"{' '.join(argv)} exited: {log.read_text()[-1500:]}"
+            try:
+                with urllib.request.urlopen(f"http://localhost:{port}{path}", timeout=5) as response:
+                    assert response.status == 200
+                    return
+            except OSError:
+                assert time.monotonic() < deadline, f"{' '.join(argv)} did not serve within 120 s"
+                time.sleep(0.5)
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=30)
+
+
+def run_command(clone: Clone, command: str) -> None:
+    words = shlex.split(command)
+    if words[0] == "make" and words[1] in THE_SUITE:
+        return  # this suite is what `make test` runs (see test_the_suite_targets_are_what_ci_runs)
+    if words[0] == "make" and words[1] in SERVERS:
+        port = free_port()
+        serve(clone, [*words, f"PORT={port}"], SERVERS[words[1]], port)
+        return
+    env, argv = with_limits(command)
+    if argv[0] == "torchrun":
+        argv[0] = str(FASHION_MNIST.with_name("torchrun"))
+    lock = clone.path / "requirements.lock"
+    stamp = lock.stat().st_mtime
+    result = clone.run(argv, env=env, timeout=900)
+    if words[:2] == ["make", "lock"]:
+        assert_lock_matches(lock)  # a fresh lock from the index: still what pyproject.toml asks for
+        os.utime(lock, (stamp, stamp))  # else make would see a newer lock and reinstall the shared venv
+    check_promise(clone, words, result.output)
+
+
+def check_promise(clone: Clone, words: list[str], output: str) -> None:
+    """What the README promises for some commands, beyond exit 0 and no traceback."""
+    if words[:2] == ["make", "train"]:
+        assert "test accuracy:" in output and "best checkpoint:" in output
+    if words[:2] == ["make", "help"]:
+        assert all(f"make {target}" in output for target in make_targets())
+    if "--help" in words:
+        assert "--trainer.max_epochs" in output and "--model.optimizer" in output
+    if "--print_config" in words:
+        assert "AtomicCheckpointIO" in output and "ConfusionMatrixLogger" in output
+    if "predict" in words and any("predict_dir" in w or "IMAGES=" in w for w in words):
+        newest = max(
+            clone.path.glob("lightning_logs/version_*/evaluations/predict_*/predictions.csv"),
+            key=lambda p: p.stat().st_mtime,
+        )
+        assert sum(1 for _ in newest.open()) == 1 + 6  # a header and one row per photo
+    if words[:2] == ["make", "clean"]:
+        assert not list((clone.path / "src").glob("*.egg-info"))
+
+
+COMMANDS = readme_commands()
+
+
+def test_every_readme_command_is_covered():
+    for command in COMMANDS:
+        head = shlex.split(command)
+        head = [w for w in head if not re.fullmatch(r"[A-Z_]+=\S*", w)][0]
+        assert head in ("fashion-mnist", "make", "torchrun"), f"README command with no runner here: {command}"
+
+
+def test_every_make_target_is_in_the_readme():
+    shown = {shlex.split(c)[1] for c in COMMANDS if c.startswith("make ")} | {"help"}
+    missing = [t for t in make_targets() if t not in shown]
+    assert not missing, f"make targets the README does not show (so no test runs them): {missing}"
+
+
+def test_the_suite_targets_are_what_ci_runs():
+    assert "make test" in (ROOT / ".ci/run").read_text()
+    makefile = (ROOT / "Makefile").read_text()
+    assert re.search(r"^test:.*\n\t\$\(PY\) -m pytest", makefile, re.MULTILINE)
+    assert re.search(r"^test-fast:.*\n\t\$\(PY\) -m pytest -m \"not slow\"", makefile, re.MULTILINE)
+    assert "make test" in COMMANDS
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", COMMANDS)
+def test_readme_command(clone, command):
+    run_command(clone, command)
