@@ -75,8 +75,9 @@ sweep: $(INSTALLED) $(DATA) ## run the Optuna sweep SWEEP (default configs/sweep
 	  $(BIN)/fashion-mnist sweep --config $(SWEEP) $(ARGS) & pids+=($$!); done; \
 	  status=0; for pid in $${pids[@]}; do wait $$pid || status=$$?; done; exit $$status
 
+dashboard: PORT = 8080
 dashboard: $(INSTALLED) ## serve Optuna's dashboard for SWEEP's study on localhost (PORT=8080)
-	$(BIN)/fashion-mnist sweep --config $(SWEEP) --dashboard $(or $(filter-out 6006,$(PORT)),8080) $(ARGS)
+	$(BIN)/fashion-mnist sweep --config $(SWEEP) --dashboard $(PORT) $(ARGS)
 
 bench: $(INSTALLED) $(DATA) ## time template vs raw loop vs seed loop vs peer path, interleaved -> benchmarks/results/
 	$(PY) benchmarks/bench.py --make-train $(ARGS)

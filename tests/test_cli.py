@@ -175,6 +175,7 @@ def test_predict_csv_has_a_row_per_test_image_in_order(workspace):
     "flags, expected",
     [
         ("--trainer.max_epoks=2", "did you mean 'trainer.max_epochs'"),
+        ("--model.optimizer.init_args.lrr=0.01", "did you mean 'model.optimizer.init_args.lr'"),
         ("--trainer.max_epochs=ten", "trainer.max_epochs"),
         ("--model.network=fashion_mnist_lightning.network.ResNet", "ResNet"),
         ("--data.batch_size 0", "--data.batch_size must be >= 1"),
@@ -255,6 +256,13 @@ def test_a_run_folder_that_cannot_be_created_is_one_line(workspace):
     result = workspace.run(FAST, expect=2)
     assert "cannot create a run folder" in result.error and "save_dir" in result.error
     assert (workspace.path / "lightning_logs").read_text() == "a file where the runs folder should be"
+
+
+def test_a_limit_of_1_means_one_batch_not_100_percent(workspace):
+    """jsonargparse reads `1` as 1.0, which Lightning would take as 100 %; the CLI keeps the user's meaning."""
+    result = workspace.run(f"{FAST} --trainer.limit_train_batches=1 --trainer.limit_val_batches=1")
+    assert "Validation DataLoader 0: 100%|██████████| 1/1" in result.output
+    assert torch.load(workspace.runs()[0] / "checkpoints/last.ckpt", weights_only=True)["global_step"] == 1
 
 
 def test_module_entry_point_matches_the_console_script(workspace):

@@ -29,7 +29,7 @@ FIT_LIMITS = [
     "--trainer.limit_test_batches=2",
 ]
 EVAL_LIMITS = ["--trainer.limit_val_batches=2", "--trainer.limit_test_batches=2", "--trainer.limit_predict_batches=2"]
-SERVERS = {"tensorboard": "/data/runs"}  # make target -> a URL path that answers once it serves
+SERVERS = {"tensorboard": "/data/runs", "dashboard": "/api/studies"}  # make target -> a URL path it answers
 THE_SUITE = {"test", "test-fast"}  # the targets that run this very suite: never from inside it
 pytestmark = pytest.mark.xdist_group("readme")  # one worker, README order, one clone
 

@@ -55,6 +55,13 @@ from fashion_mnist_lightning.runs.signals import CheckpointOnSignal, TrainingInt
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 BASE_CONFIG = CONFIGS / "base.yaml"  # the shared run setup, read before every --config
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
+BATCH_LIMITS = (
+    "limit_train_batches",
+    "limit_val_batches",
+    "limit_test_batches",
+    "limit_predict_batches",
+    "overfit_batches",
+)  # int = batches, float = fraction; the default is all of them
 ATOMIC_CHECKPOINTS = {"class_path": "fashion_mnist_lightning.runs.checkpoint_io.AtomicCheckpointIO"}
 
 
@@ -97,7 +104,10 @@ class RunConfig(SaveConfigCallback):
 
 
 class FashionMNISTCLI(LightningCLI):
-    def __init__(self, args: list[str] | None = None):
+    def __init__(self, args: list[str] | None = None, extra_callbacks: tuple = ()):
+        """``extra_callbacks``: callback objects for this run's Trainer beside the config's (the sweep passes
+        Optuna's pruning callback this way)."""
+        self.extra_callbacks = list(extra_callbacks)
         per_subcommand = {"default_config_files": [str(BASE_CONFIG)], "exit_on_error": False}
         super().__init__(
             FashionMNISTClassifier,
@@ -185,8 +195,8 @@ class FashionMNISTCLI(LightningCLI):
         if self.subcommand == "fit":
             self.recipe.ckpt_path = None
         init = logger_init_args(config)
-        if init is None or rank_zero_only.rank != 0:  # other processes: Lightning broadcasts rank 0's folders
-            return
+        if init is None or rank_zero_only.rank != 0 or config.trainer.get("fast_dev_run"):
+            return  # other processes: Lightning broadcasts rank 0's folders; fast_dev_run logs nothing
         root = Path(init.get("save_dir") or ".") / (init.get("name") or "")
         try:
             if self.subcommand == "fit" and self.resumed_run is not None:
@@ -224,9 +234,12 @@ class FashionMNISTCLI(LightningCLI):
         if config.trainer.get("enable_progress_bar", True) is not False and not has(callbacks, ProgressBar):
             callbacks.append(TQDMProgressBar(refresh_rate=config.progress_refresh_rate))  # not in configs: the
             # flag --trainer.enable_progress_bar=false would then be an error
-        callbacks += [RNGStates(), FiniteLossGuard(), CheckpointOnSignal()]
+        callbacks += [RNGStates(), FiniteLossGuard(), CheckpointOnSignal(), *self.extra_callbacks]
         if self.subcommand == "predict" and not has(callbacks, PredictionCSV):
             callbacks.append(PredictionCSV())
+        for key in BATCH_LIMITS:  # jsonargparse reads `1` as 1.0, which Lightning takes as 100 %: mean one batch
+            if config.trainer.get(key) == 1.0:
+                kwargs[key] = 1
         try:
             return super().instantiate_trainer(callbacks=callbacks, **kwargs)
         except (MisconfigurationException, RuntimeError) as err:  # the Trainer rejects these settings
@@ -329,6 +342,13 @@ def valid_keys(parser, args) -> list[str]:
 def one_line(error: BaseException, valid_keys: list[str]) -> str:
     """jsonargparse's multi-line message as one line, with the closest valid key for a typo."""
     message = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+    nested = re.search(r"Parser key \"([\w.]+)\".*Option '(\w+)' is not accepted.*class_path='([\w.]+)'", message)
+    if nested:  # a typo inside a class's init_args: suggest among that class's own arguments
+        key, option, class_path = nested.groups()
+        accepted = init_arguments(class_path)
+        close = difflib.get_close_matches(option, accepted, n=1, cutoff=0.6)
+        hint = f" (did you mean '{key}.init_args.{close[0]}'?)" if close else f" (it takes {', '.join(accepted)})"
+        return f"{key}.init_args.{option}: {class_path} has no argument {option!r}{hint}"
     for noise in (
         r"Does not validate against any of the Union subtypes Subtypes: \[.*?\] Errors: ",
         r"- Expected a <class 'NoneType'>\s*",
@@ -346,6 +366,18 @@ def one_line(error: BaseException, valid_keys: list[str]) -> str:
         close = difflib.get_close_matches(key, valid_keys, n=1, cutoff=0.6)
         message += f" (did you mean '{close[0]}'?)" if close else ""
     return f"{message}; `fashion-mnist fit --help` lists the valid keys and types"
+
+
+def init_arguments(class_path: str) -> list[str]:
+    import importlib
+    import inspect
+
+    module, _, name = class_path.rpartition(".")
+    try:
+        parameters = inspect.signature(getattr(importlib.import_module(module), name)).parameters
+    except (ImportError, AttributeError, ValueError, TypeError):
+        return []
+    return [p for p in parameters if p not in ("self", "params", "optimizer")]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -376,6 +408,7 @@ TOOLS = {  # commands beside LightningCLI's subcommands
     "crosscheck": "fashion_mnist_lightning.extras.crosscheck",
     "export": "fashion_mnist_lightning.extras.export",
     "report": "fashion_mnist_lightning.extras.report",
+    "sweep": "fashion_mnist_lightning.sweep",
 }
 USER_ERRORS = (ConfigError, DataError, ResumeError, CheckpointError, ScheduleLengthError)
 

@@ -1,0 +1,310 @@
+"""`fashion-mnist sweep`: real trials on tiny budgets (fast config, few batches), real worker processes, real
+signals, the embedded journal storage and a real PostgreSQL server."""
+
+import csv
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import finish, progress, wait_for
+
+TINY = {
+    "trainer.max_epochs": 2,
+    "trainer.limit_train_batches": 8,
+    "trainer.limit_val_batches": 2,
+    "trainer.limit_test_batches": 2,
+}
+
+
+def sweep_file(workspace, name: str = "tiny", **changes) -> Path:
+    """A small sweep on the fast config, changed by ``changes`` (top-level keys of the sweep file)."""
+    spec = {
+        "configs": ["configs/fast.yaml"],
+        "overrides": dict(TINY),
+        "space": {
+            "model.optimizer.init_args.lr": {"type": "float", "low": 0.001, "high": 0.01, "log": True},
+            "data.batch_size": {"type": "categorical", "choices": [128, 256]},
+        },
+        "n_trials": 3,
+        "sampler": {"type": "tpe", "seed": 0},
+        "pruner": {"type": "none"},
+        **changes,
+    }
+    path = workspace.path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def rows(workspace, study: str) -> list[dict]:
+    with open(workspace.path / "lightning_logs/sweeps" / study / "trials.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def trials(workspace, study: str, storage: str | None = None):
+    import optuna
+
+    if storage is None:
+        from optuna.storages.journal import JournalFileBackend
+
+        path = workspace.path / "lightning_logs/sweeps" / study / "study.journal"
+        storage = optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+    return optuna.load_study(study_name=study, storage=storage).get_trials()
+
+
+def test_a_sweep_completes_writes_results_and_best_yaml_reproduces_the_best_trial(workspace):
+    path = sweep_file(workspace, test=True)
+    result = workspace.run(f"fashion-mnist sweep --config {path.name}", timeout=600)
+    folder = workspace.path / "lightning_logs/sweeps/tiny"
+    table = rows(workspace, "tiny")
+    assert [r["state"] for r in table] == ["COMPLETE"] * 3 and all(float(r["test/acc"]) > 0.3 for r in table)
+    for n in range(3):  # every trial an ordinary run of the template
+        run = folder / f"trial_{n}"
+        assert (run / "checkpoints/last.ckpt").is_file() and list(run.glob("events.out.tfevents.*"))
+    for name in ("optimization_history", "param_importances", "slice"):
+        assert (folder / "plots" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
+    best = max(table, key=lambda r: float(r["val/acc"]))
+    assert f"best trial {best['number']}: val/acc = {float(best['val/acc']):.4f}" in result.output
+    assert "test/acc over 3 trials:" in result.output
+
+    workspace.run("fashion-mnist fit --config lightning_logs/sweeps/tiny/best.yaml", timeout=300)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(workspace.runs()[-1]), size_guidance={"scalars": 0})
+    events.Reload()
+    assert max(e.value for e in events.Scalars("val/acc")) == pytest.approx(float(best["val/acc"]), abs=1e-7)
+
+    summary = workspace.run(f"fashion-mnist sweep --config {path.name} --summary")
+    assert f"best trial {best['number']}" in summary.output and "trial 3" not in summary.output
+
+
+def test_running_the_same_command_again_continues_without_repeating_trials(workspace):
+    path = sweep_file(workspace, n_trials=2)
+    workspace.run(f"fashion-mnist sweep --config {path.name}", timeout=600)
+    first = [(t.number, t.params) for t in trials(workspace, "tiny")]
+    again = workspace.run(f"fashion-mnist sweep --config {path.name}")
+    assert "already has 2 finished trials" in again.output
+    workspace.run(f"fashion-mnist sweep --config {path.name} --n_trials 3", timeout=600)
+    after = trials(workspace, "tiny")
+    assert [(t.number, t.params) for t in after[:2]] == first and len(after) == 3
+    assert all(t.state.name == "COMPLETE" for t in after)
+
+
+def test_a_trial_that_must_be_pruned_is_pruned_and_its_folder_kept(workspace):
+    lrs = [0.004, 0.003, 1e-9]  # the third learns nothing: below the median of the first two after epoch 0
+    path = sweep_file(
+        workspace,
+        space={"model.optimizer.init_args.lr": {"type": "categorical", "choices": lrs}},
+        sampler={"type": "grid", "seed": 5},
+        pruner={"type": "median", "n_startup_trials": 2, "n_warmup_steps": 0},
+        overrides={**TINY, "trainer.max_epochs": 3},
+    )
+    workspace.run(f"fashion-mnist sweep --config {path.name}", timeout=600)
+    by_lr = {t.params["model.optimizer.init_args.lr"]: t for t in trials(workspace, "tiny")}
+    assert [by_lr[lr].number for lr in lrs] == [0, 1, 2], "the grid seed must put the hopeless trial last"
+    assert by_lr[1e-9].state.name == "PRUNED" and len(by_lr[1e-9].intermediate_values) == 1
+    assert (workspace.path / "lightning_logs/sweeps/tiny/trial_2/checkpoints").is_dir()
+    assert by_lr[0.004].state.name == by_lr[0.003].state.name == "COMPLETE"
+
+
+def test_two_workers_share_the_embedded_storage(workspace):
+    path = sweep_file(workspace, n_trials=4)
+    workers = [workspace.start(f"fashion-mnist sweep --config {path.name}") for _ in range(2)]
+    for process, log in workers:
+        assert finish(process, log, timeout=900).returncode == 0
+    done = trials(workspace, "tiny")
+    assert sum(t.state.name == "COMPLETE" for t in done) >= 4 and not [t for t in done if t.state.name == "RUNNING"]
+    assert len({t.number for t in done}) == len(done)
+    pids = {t.user_attrs["pid"] for t in done}
+    assert len(pids) == 2  # both workers ran trials
+
+
+def test_a_worker_killed_with_kill_9_mid_trial_and_a_rerun_completes_the_study(workspace):
+    path = sweep_file(
+        workspace, n_trials=2, overrides={**TINY, "trainer.max_epochs": 3, "trainer.limit_train_batches": 60}
+    )
+    process, log = workspace.start(f"fashion-mnist sweep --config {path.name}")
+    wait_for(lambda: progress(log, 1) >= 10, 400, "trial 0's second epoch", process)  # last.ckpt of epoch 0 exists
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert [t.state.name for t in trials(workspace, "tiny")] == ["RUNNING"]  # left behind by the dead worker
+    workspace.run(f"fashion-mnist sweep --config {path.name}", timeout=900)
+    done = trials(workspace, "tiny")
+    assert done[0].state.name == "FAIL" and sum(t.state.name == "COMPLETE" for t in done) == 2
+    retry = next(t for t in done if t.user_attrs.get("retry_of") == 0)
+    assert retry.params == done[0].params and retry.user_attrs["resume_from"].endswith("trial_0/checkpoints/last.ckpt")
+
+
+def test_sigterm_stops_a_worker_like_fit_and_the_rerun_continues_that_trial(workspace):
+    path = sweep_file(workspace, n_trials=1, overrides={**TINY, "trainer.limit_train_batches": 120})
+    process, log = workspace.start(f"fashion-mnist sweep --config {path.name}")
+    wait_for(lambda: progress(log, 0) >= 10, 400, "trial 0 mid-epoch", process)
+    process.send_signal(signal.SIGTERM)
+    result = finish(process, log)
+    assert result.returncode == 128 + signal.SIGTERM
+    [line] = result.lines("stopped:")
+    assert "run the same sweep command again" in line
+    workspace.run(f"fashion-mnist sweep --config {path.name}", timeout=600)
+    done = trials(workspace, "tiny")
+    assert [t.state.name for t in done] == ["FAIL", "COMPLETE"] and done[1].user_attrs["retry_of"] == 0
+
+
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        (
+            {"space": {"model.optimizer.init_args.lrr": {"type": "float", "low": 0.001, "high": 0.01}}},
+            "did you mean 'model.optimizer.init_args.lr'",
+        ),
+        ({"space": {"model.label_smoothing": {"type": "float", "low": 0.2, "high": 0.1}}}, "must be below high"),
+        ({"space": {"model.label_smoothing": {"type": "uniform", "low": 0.0, "high": 0.1}}}, "unknown distribution"),
+        ({"sampler": {"type": "cmaes"}}, "unknown sampler 'cmaes'"),
+        ({"pruner": {"type": "hyperband"}}, "unknown pruner 'hyperband'"),
+        ({"objective": {"metric": "val/accuracy"}}, "'val/accuracy' is never logged; the runs log"),
+    ],
+)
+def test_sweep_file_mistakes_are_one_line_exit_2_and_write_nothing(workspace, change, expected):
+    path = sweep_file(workspace, **change)
+    result = workspace.run(f"fashion-mnist sweep --config {path.name}", expect=2)
+    assert expected in result.error
+    assert not (workspace.path / "lightning_logs").exists()
+
+
+@pytest.mark.parametrize(
+    "url, expected",
+    [("not-a-url", "is not a database URL"), ("postgresql://nobody@127.0.0.1:9/none", "cannot open the storage")],
+)
+def test_a_malformed_or_unreachable_storage_is_one_line(workspace, url, expected):
+    path = sweep_file(workspace)
+    result = workspace.run(f"fashion-mnist sweep --config {path.name} --storage {url}", expect=2, timeout=120)
+    assert expected in result.error and not (workspace.path / "lightning_logs/sweeps").exists()
+
+
+def test_multi_seed_statistics(workspace):
+    """configs/sweeps/seeds.yaml at toy size: every seed once (grid), mean ± std, min and max of test/acc."""
+    seeds = yaml.safe_load((workspace.path / "configs/sweeps/seeds.yaml").read_text())
+    seeds["overrides"] = {**seeds.get("overrides", {}), **TINY}
+    path = workspace.path / "seeds.yaml"
+    path.write_text(yaml.safe_dump(seeds))
+    result = workspace.run(f"fashion-mnist sweep --config {path.name}", timeout=900)
+    table = rows(workspace, "seeds")
+    assert sorted(int(r["seed_everything"]) for r in table) == [0, 1, 2, 3, 4]
+    line = next(line for line in result.output.splitlines() if line.startswith("test/acc over 5 trials"))
+    values = [100 * float(r["test/acc"]) for r in table]
+    assert f"min {min(values):.2f}%" in line and f"max {max(values):.2f}%" in line
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def postgres(tmp_path):
+    """A throw-away PostgreSQL cluster on a loopback port, started and stopped here (Debian's postgresql)."""
+    binaries = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    if not binaries:
+        pytest.fail("PostgreSQL is not installed; .ci/run installs Debian's postgresql")
+    bin_dir, port = binaries[-1].parent, free_port()
+    data, sockets = tmp_path / "pgdata", tmp_path / "pgsock"
+    sockets.mkdir()
+    as_user = []
+    if os.geteuid() == 0:  # initdb refuses to run as root: the package's postgres user runs the cluster
+        as_user = ["runuser", "-u", "postgres", "--"]
+        shutil.chown(tmp_path, "postgres")
+        shutil.chown(sockets, "postgres")
+    subprocess.run(
+        [*as_user, str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust"],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    options = f"-p {port} -k {sockets} -c listen_addresses=127.0.0.1"
+    subprocess.run(
+        [
+            *as_user,
+            str(bin_dir / "pg_ctl"),
+            "-D",
+            str(data),
+            "-o",
+            options,
+            "-w",
+            "-t",
+            "60",
+            "start",
+            "-l",
+            str(tmp_path / "postgres.log"),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    try:
+        subprocess.run(
+            [
+                str(bin_dir / "psql"),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(port),
+                "-U",
+                "postgres",
+                "-c",
+                "CREATE DATABASE optuna",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        yield f"postgresql://postgres@127.0.0.1:{port}/optuna"
+    finally:
+        subprocess.run(
+            [*as_user, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"],
+            capture_output=True,
+            timeout=120,
+        )
+
+
+@pytest.mark.slow
+def test_two_workers_share_a_real_postgresql_study(workspace, postgres):
+    path = sweep_file(workspace, n_trials=4)
+    command = f"fashion-mnist sweep --config {path.name} --storage {postgres}"
+    workers = [workspace.start(command) for _ in range(2)]
+    for process, log in workers:
+        assert finish(process, log, timeout=900).returncode == 0
+    done = trials(workspace, "tiny", storage=postgres)
+    assert sum(t.state.name == "COMPLETE" for t in done) >= 4 and len({t.user_attrs["pid"] for t in done}) == 2
+    assert not (workspace.path / "lightning_logs/sweeps/tiny/study.journal").exists()  # the database held it
+    assert len(rows(workspace, "tiny")) == len(done)
+
+
+def test_the_dashboard_serves_the_study(workspace):
+    path = sweep_file(workspace, n_trials=1)
+    workspace.run(f"fashion-mnist sweep --config {path.name}", timeout=600)
+    port = free_port()
+    process, log = workspace.start(f"fashion-mnist sweep --config {path.name} --dashboard {port}")
+    try:
+        import json
+        import urllib.request
+
+        deadline = time.monotonic() + 90
+        while True:
+            assert process.poll() is None, log.read_text()[-1500:]
+            try:
+                with urllib.request.urlopen(f"http://localhost:{port}/api/studies", timeout=5) as response:
+                    studies = json.loads(response.read())["studies"]
+                    break
+            except OSError:
+                assert time.monotonic() < deadline, "the dashboard did not serve within 90 s"
+                time.sleep(0.5)
+        assert [s["study_name"] for s in studies] == ["tiny"]
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=30)
