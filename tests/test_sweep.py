@@ -7,6 +7,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -109,7 +110,8 @@ def test_a_trial_that_must_be_pruned_is_pruned_and_its_folder_kept(workspace):
     by_lr = {t.params["model.optimizer.init_args.lr"]: t for t in trials(workspace, "tiny")}
     assert [by_lr[lr].number for lr in lrs] == [0, 1, 2], "the grid seed must put the hopeless trial last"
     assert by_lr[1e-9].state.name == "PRUNED" and len(by_lr[1e-9].intermediate_values) == 1
-    assert (workspace.path / "lightning_logs/sweeps/tiny/trial_2/checkpoints").is_dir()
+    pruned = workspace.path / "lightning_logs/sweeps/tiny/trial_2"  # kept: its config and its curve up to the prune
+    assert (pruned / "config.yaml").is_file() and list(pruned.glob("events.out.tfevents.*"))
     assert by_lr[0.004].state.name == by_lr[0.003].state.name == "COMPLETE"
 
 
@@ -207,69 +209,39 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def postgres(tmp_path):
+def postgres():
     """A throw-away PostgreSQL cluster on a loopback port, started and stopped here (Debian's postgresql)."""
     binaries = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
     if not binaries:
         pytest.fail("PostgreSQL is not installed; .ci/run installs Debian's postgresql")
     bin_dir, port = binaries[-1].parent, free_port()
-    data, sockets = tmp_path / "pgdata", tmp_path / "pgsock"
+    home = Path(tempfile.mkdtemp(prefix="pg-"))  # not under pytest's root-only tmp: the server's user must reach it
+    data, sockets = home / "data", home / "sockets"
     sockets.mkdir()
     as_user = []
     if os.geteuid() == 0:  # initdb refuses to run as root: the package's postgres user runs the cluster
         as_user = ["runuser", "-u", "postgres", "--"]
-        shutil.chown(tmp_path, "postgres")
-        shutil.chown(sockets, "postgres")
-    subprocess.run(
-        [*as_user, str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust"],
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
+        for path in (home, sockets):
+            shutil.chown(path, "postgres")
+
+    def run(program: str, *args: str, user: list[str] = as_user) -> None:
+        subprocess.run([*user, str(bin_dir / program), *args], check=True, capture_output=True, timeout=120)
+
     options = f"-p {port} -k {sockets} -c listen_addresses=127.0.0.1"
-    subprocess.run(
-        [
-            *as_user,
-            str(bin_dir / "pg_ctl"),
-            "-D",
-            str(data),
-            "-o",
-            options,
-            "-w",
-            "-t",
-            "60",
-            "start",
-            "-l",
-            str(tmp_path / "postgres.log"),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
     try:
-        subprocess.run(
-            [
-                str(bin_dir / "psql"),
-                "-h",
-                "127.0.0.1",
-                "-p",
-                str(port),
-                "-U",
-                "postgres",
-                "-c",
-                "CREATE DATABASE optuna",
-            ],
-            check=True,
-            capture_output=True,
-            timeout=60,
-        )
-        yield f"postgresql://postgres@127.0.0.1:{port}/optuna"
+        run("initdb", "-D", str(data), "-U", "postgres", "--auth=trust")
+        run("pg_ctl", "-D", str(data), "-o", options, "-w", "-t", "60", "start", "-l", str(home / "postgres.log"))
+        try:
+            run("psql", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "-c", "CREATE DATABASE optuna", user=[])
+            yield f"postgresql://postgres@127.0.0.1:{port}/optuna"
+        finally:
+            subprocess.run(
+                [*as_user, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"],
+                capture_output=True,
+                timeout=120,
+            )
     finally:
-        subprocess.run(
-            [*as_user, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"],
-            capture_output=True,
-            timeout=120,
-        )
+        shutil.rmtree(home, ignore_errors=True)
 
 
 @pytest.mark.slow
@@ -299,7 +271,7 @@ def test_the_dashboard_serves_the_study(workspace):
             assert process.poll() is None, log.read_text()[-1500:]
             try:
                 with urllib.request.urlopen(f"http://localhost:{port}/api/studies", timeout=5) as response:
-                    studies = json.loads(response.read())["studies"]
+                    studies = json.loads(response.read())["study_summaries"]
                     break
             except OSError:
                 assert time.monotonic() < deadline, "the dashboard did not serve within 90 s"

@@ -31,6 +31,7 @@ import signal
 import socket
 import statistics
 import sys
+import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +43,8 @@ SWEEPS = Path("lightning_logs") / "sweeps"
 # The sweep hands each trial its complete argument list on purpose; LightningCLI's hint about also having
 # command-line arguments (the sweep's own) does not apply.
 warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter is intended to run from within Python")
+# The heartbeat of a database storage and the matplotlib plots are Optuna features it still calls experimental.
+warnings.filterwarnings("ignore", message=r".* is an experimental feature")
 KINDS = ("float", "int", "categorical")
 SAMPLERS = ("tpe", "random", "grid")
 PRUNERS = ("median", "none")
@@ -186,7 +189,9 @@ def parse_param(path: Path, key: str, spec) -> Param:
 def open_study(sweep: Sweep, create: bool = True):
     import optuna
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # ERROR: Optuna logs a failed trial's traceback as a warning before re-raising the exception, which this
+    # command then reports in one line itself (an interrupt) or lets through (a bug).
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     storage = make_storage(sweep)
     options = {k: v for k, v in sweep.sampler.items() if k != "type"}  # seed, n_startup_trials, ...
     try:
@@ -239,17 +244,23 @@ def make_storage(sweep: Sweep):
             f"--storage {sweep.storage!r} is not a database URL; use e.g. "
             "postgresql://user@host:5432/db or sqlite:///sweeps.db (or leave it out for a local file)"
         )
-    try:
-        return optuna.storages.RDBStorage(
-            sweep.storage, heartbeat_interval=10, grace_period=60, engine_kwargs={"pool_pre_ping": True}
-        )
-    except Exception as err:  # noqa: BLE001 - SQLAlchemy's many connection errors: one line for all of them
-        detail = " ".join(str(err).split())[:200]
-        raise SweepError(
-            f"cannot open the storage {sweep.storage} ({type(err).__name__}: {detail}); check the "
-            "URL, that the server runs and accepts this user, and that the driver is installed "
-            "(psycopg2 for PostgreSQL: pip install -e '.[sweep]')"
-        ) from None
+    for attempt in range(5):
+        try:
+            return optuna.storages.RDBStorage(
+                sweep.storage, heartbeat_interval=10, grace_period=60, engine_kwargs={"pool_pre_ping": True}
+            )
+        except Exception as err:  # noqa: BLE001 - SQLAlchemy's many connection errors: one line for all of them
+            if "already exists" in str(err) and attempt < 4:  # workers started together both create the tables
+                time.sleep(1 + attempt)
+                continue
+            fault = err
+            break
+    detail = " ".join(str(fault).split())[:200]
+    raise SweepError(
+        f"cannot open the storage {sweep.storage} ({type(fault).__name__}: {detail}); check the "
+        "URL, that the server runs and accepts this user, and that the driver is installed "
+        "(psycopg for PostgreSQL: pip install -e '.[sweep]')"
+    ) from None
 
 
 # ----------------------------------------------------------------------------------------------------
