@@ -15,6 +15,8 @@ RESUME_ARGS := $(if $(RESUME),--ckpt_path last,)
 PORT ?= 6006
 SWEEP ?= configs/sweeps/smoke.yaml
 WORKERS ?= 1
+# pytest-xdist processes for `make test` and `make test-fast`: one per core
+TEST_WORKERS ?= auto
 STUDY ?=
 # a checkpoint for crosscheck / predict / export / report: CKPT=path, default the newest run's best checkpoint
 CKPT ?= best
@@ -56,11 +58,11 @@ data: $(DATA) ## find, verify and cache Fashion-MNIST (installs the Debian packa
 train: $(INSTALLED) $(DATA) ## fit CONFIG (default configs/default.yaml), test the best checkpoint; ARGS="..." adds flags, RESUME=1 resumes
 	$(BIN)/fashion-mnist fit --config $(CONFIG) --test_after_fit true $(RESUME_ARGS) $(ARGS)
 
-test: $(INSTALLED) $(DATA) ## the whole test suite, slow tests included (what CI runs)
-	$(PY) -m pytest $(ARGS)
+test: $(INSTALLED) $(DATA) ## the whole test suite, slow tests included (what CI runs), in parallel workers
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(ARGS)
 
 test-fast: $(INSTALLED) $(DATA) ## the test suite without the tests marked slow (strong config, DDP, servers)
-	$(PY) -m pytest -m "not slow" $(ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not slow" $(ARGS)
 
 lint: $(INSTALLED) ## ruff check + ruff format --check (what CI's lint job and pre-commit run)
 	$(BIN)/ruff check src tests benchmarks

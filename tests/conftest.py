@@ -21,6 +21,14 @@ import torch
 
 from fashion_mnist_lightning.data import files as data
 
+# `make test` runs the suite in parallel workers (pytest-xdist). Each worker's torch, and every command it starts,
+# gets its share of the cores: OpenMP threads that outnumber the cores spin against each other and slow a run
+# down several-fold, which would turn the tests' timeouts into noise.
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if WORKERS > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // WORKERS)))
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
 ROOT = Path(__file__).resolve().parents[1]
 REAL_DATA_DIR = ROOT / "data"
 FASHION_MNIST = Path(sys.executable).with_name("fashion-mnist")  # the console script, as a user runs it
@@ -187,11 +195,24 @@ def trained(tmp_path_factory, real_data_dir) -> Path:
 
 @pytest.fixture(scope="session")
 def trained_vgg(tmp_path_factory, real_data_dir) -> Path:
-    """A finished run of configs/strong.yaml's VGGNet (BatchNorm, dropout) at toy size: its last checkpoint."""
+    """A short run of VGGNet (BatchNorm, dropout) at toy size: its last checkpoint."""
     workspace = Workspace(tmp_path_factory.mktemp("trained-vgg"))
     workspace.run(
-        "fashion-mnist fit --config configs/strong.yaml --model.network.init_args.width=8 "
-        "--trainer.max_epochs=1 --trainer.limit_train_batches=10 --trainer.limit_val_batches=1"
+        "fashion-mnist fit --config configs/default.yaml --model.network fashion_mnist_lightning.network.VGGNet "
+        "--model.network.init_args.width=8 --trainer.max_epochs=1 --trainer.limit_train_batches=10 "
+        "--trainer.limit_val_batches=1"
+    )
+    return workspace.runs()[0] / "checkpoints" / "last.ckpt"
+
+
+@pytest.fixture(scope="session")
+def trained_airnet(tmp_path_factory, real_data_dir) -> Path:
+    """A short run of configs/strong.yaml (AirNet, lookahead) at toy size: its last checkpoint."""
+    workspace = Workspace(tmp_path_factory.mktemp("trained-airnet"))
+    workspace.run(
+        "fashion-mnist fit --config configs/strong.yaml --model.network.init_args.widths=[8,16,16] "
+        "--trainer.max_epochs=1 --trainer.limit_train_batches=10 --trainer.limit_val_batches=1 "
+        "--trainer.check_val_every_n_epoch=1"
     )
     return workspace.runs()[0] / "checkpoints" / "last.ckpt"
 

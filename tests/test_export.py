@@ -46,9 +46,11 @@ def run_format(fmt: str, path, images: torch.Tensor) -> np.ndarray:
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "pt2", "torchscript"])
-@pytest.mark.parametrize("which", ["SeedCNN", "VGGNet"])
-def test_every_program_format_equals_torch_at_batch_1_and_1000(tool, trained, trained_vgg, images, fmt, which):
-    checkpoint = trained / "checkpoints/last.ckpt" if which == "SeedCNN" else trained_vgg
+@pytest.mark.parametrize("which", ["SeedCNN", "VGGNet", "AirNet"])
+def test_every_program_format_equals_torch_at_batch_1_and_1000(tool, request, images, fmt, which):
+    fixture = {"SeedCNN": "trained", "VGGNet": "trained_vgg", "AirNet": "trained_airnet"}[which]
+    checkpoint = request.getfixturevalue(fixture)
+    checkpoint = checkpoint / "checkpoints/last.ckpt" if checkpoint.is_dir() else checkpoint
     path = export(tool, checkpoint, fmt)
     network = load_network(checkpoint)
     assert type(network).__name__ == which

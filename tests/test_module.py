@@ -72,14 +72,43 @@ def test_hparams_stay_primitive_when_objects_are_passed():
 
 def test_no_weight_decay_on_biases_and_normalisation_parameters():
     model = FashionMNISTClassifier(network=VGGNet(width=4))
-    decayed, exempt = model.parameter_groups()
-    assert all(p.ndim >= 2 for p in decayed["params"]) and all(p.ndim < 2 for p in exempt["params"])
-    assert exempt["weight_decay"] == 0.0 and "weight_decay" not in decayed
-    norms = {id(p) for m in model.modules() if isinstance(m, nn.BatchNorm2d) for p in m.parameters()}
-    assert norms and norms <= {id(p) for p in exempt["params"]}
-    assert len(decayed["params"]) + len(exempt["params"]) == len(list(model.parameters()))
+    decayed, biases, norms = model.parameter_groups()
+    assert all(p.ndim >= 2 for p in decayed["params"]) and all(p.ndim < 2 for p in biases["params"] + norms["params"])
+    assert biases["weight_decay"] == norms["weight_decay"] == 0.0 and "weight_decay" not in decayed
+    batchnorm = {id(p) for m in model.modules() if isinstance(m, nn.BatchNorm2d) for p in m.parameters()}
+    assert batchnorm and batchnorm == {id(p) for p in norms["params"]}
+    assert sum(len(g["params"]) for g in (decayed, biases, norms)) == len(list(model.parameters()))
     optimizer = torch.optim.AdamW(model.parameter_groups(), weight_decay=0.05)
-    assert [g["weight_decay"] for g in optimizer.param_groups] == [0.05, 0.0]
+    assert [g["weight_decay"] for g in optimizer.param_groups] == [0.05, 0.0, 0.0]
+
+
+def test_norm_lr_scale_multiplies_the_normalisation_groups_lr_with_and_without_onecycle():
+    model = FashionMNISTClassifier(
+        network=VGGNet(width=4), optimizer=partial(torch.optim.SGD, lr=0.1), norm_lr_scale=64
+    )
+    optimizer = model.configure_optimizers()
+    assert {g["name"]: g["lr"] for g in optimizer.param_groups} == {"weights": 0.1, "biases": 0.1, "norms": 6.4}
+    schedule = partial(torch.optim.lr_scheduler.OneCycleLR, max_lr=0.5, total_steps=10, div_factor=5.0)
+    model = FashionMNISTClassifier(
+        network=VGGNet(width=4), optimizer=torch.optim.SGD, scheduler=schedule, norm_lr_scale=64
+    )
+    optimizer = model.configure_optimizers()["optimizer"]
+    assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([0.1, 0.1, 6.4])  # max_lr / 5 to start
+
+
+def test_flip_shift_tta_weights_the_six_views():
+    from fashion_mnist_lightning.data.augment import shift
+
+    torch.manual_seed(0)
+    model = FashionMNISTClassifier(network=VGGNet(width=4), tta="flip_shift").eval()
+    images = torch.rand(3, 1, 28, 28)
+    moved = shift(images, 1, 1)
+    assert torch.equal(moved[..., 1:, 1:], images[..., :-1, :-1]) and moved[..., 0, :].abs().sum() == 0
+    with torch.no_grad():
+        views = [images, images.flip(-1)]
+        plain = sum(model(v) for v in views) / 4
+        shifted = sum(model(shift(v, d, d)) for v in views for d in (-1, 1)) / 8
+        assert torch.allclose(model.evaluate(images), plain + shifted, atol=1e-6)
 
 
 def test_onecycle_total_steps_is_the_run_length():
@@ -94,7 +123,7 @@ def test_onecycle_total_steps_is_the_run_length():
 
 def test_flip_tta_is_the_mean_of_the_two_views_in_evaluation_and_off_in_training():
     torch.manual_seed(0)
-    model = FashionMNISTClassifier(network=VGGNet(width=4), tta_flip=True).eval()
+    model = FashionMNISTClassifier(network=VGGNet(width=4), tta="flip").eval()
     images = torch.rand(6, 1, 28, 28)
     with torch.no_grad():
         expected = (model(images) + model(images.flip(-1))) / 2

@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from fashion_mnist_lightning.network import TRAIN_MEAN, TRAIN_STD, SeedCNN, VGGNet
+from fashion_mnist_lightning.network import TRAIN_MEAN, TRAIN_STD, AirNet, SeedCNN, VGGNet
 
 
-@pytest.mark.parametrize("network", [SeedCNN(), VGGNet(width=8)], ids=["seed", "vgg"])
+@pytest.mark.parametrize("network", [SeedCNN(), VGGNet(width=8), AirNet((8, 16, 16))], ids=["seed", "vgg", "air"])
 def test_forward_contract(network):
     images = torch.rand(5, 1, 28, 28)
     logits = network.eval()(images)
@@ -56,3 +56,27 @@ def test_normalisation_is_applied_inside_forward():
         )
     )
     torch.testing.assert_close(net(images), manual)
+
+
+def test_airnet_whitening_from_data_decorrelates_2x2_patches(real_data_dir):
+    from fashion_mnist_lightning.data.files import load_cache
+
+    images = load_cache(real_data_dir)["train_images"][:2000].unsqueeze(1).float() / 255  # (2000, 1, 28, 28)
+    network = AirNet((8, 16, 16))
+    network.init_from_data(images)
+    with torch.no_grad():
+        responses = network.whiten(network.normalize(images))[:, :4]  # (N, 4, 27, 27): the 4 eigen-filters
+    flat = responses.transpose(0, 1).reshape(4, -1)
+    flat = flat - flat.mean(dim=1, keepdim=True)
+    covariance = flat @ flat.T / flat.shape[1]
+    assert torch.allclose(covariance, torch.eye(4), atol=0.05)  # unit variance, uncorrelated
+    assert torch.equal(network.whiten.weight[4:], -network.whiten.weight[:4])
+    assert not network.whiten.weight.requires_grad and network.whiten.bias.requires_grad
+
+
+def test_airnet_starts_as_identity_convolutions_and_batchnorm_without_scale():
+    network = AirNet((8, 16, 16))
+    group = network.groups[1]  # 8 -> 16 channels
+    kernel = group.conv1.weight  # (16, 8, 3, 3): dirac on the first 8 output channels
+    assert torch.equal(kernel[:8, :, 1, 1], torch.eye(8)) and kernel[:8].abs().sum() == 8
+    assert not group.norm1.weight.requires_grad and group.norm1.momentum == 0.4

@@ -1,22 +1,56 @@
-"""configs/strong.yaml at toy size: the VGG network trains (well above chance) and repeats exactly with its seed."""
+"""configs/strong.yaml at toy size, as users run it: AirNet with its callbacks (whitening from data, lookahead)
+trains well above chance, repeats exactly with its seed, and a run stopped by a signal mid-epoch, after the
+lookahead has started, resumes to the bit-identical end (live weights, averaged weights, optimizer)."""
+
+import shutil
+import signal
 
 import pytest
+import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import same_weights, weights
+from conftest import finish, progress, same_weights, wait_for, weights
 
 TINY = (
-    "fashion-mnist fit --config configs/strong.yaml --model.network.init_args.width=8 --trainer.max_epochs=1 "
-    "--trainer.limit_train_batches=40 --trainer.limit_val_batches=2"
+    "fashion-mnist fit --config configs/strong.yaml --model.network.init_args.widths=[8,16,16] "
+    "--trainer.limit_train_batches=40 --trainer.limit_val_batches=1 --trainer.check_val_every_n_epoch=1"
 )
+
+
+def states(checkpoint) -> dict[str, torch.Tensor]:
+    """Every tensor a resume restores: averaged weights (state_dict), live weights, averaging and optimizer state."""
+    saved = torch.load(checkpoint, weights_only=True)
+    optimizer = saved["optimizer_states"][0]["state"]
+    momenta = {f"momentum.{k}": v["momentum_buffer"] for k, v in optimizer.items()}
+    return {**saved["state_dict"], **{f"live.{k}": v for k, v in saved["current_model_state"].items()}, **momenta}
 
 
 @pytest.mark.slow
 def test_strong_config_trains_and_repeats_exactly(workspace):
     for _ in range(2):
-        workspace.run(TINY)
+        workspace.run(f"{TINY} --trainer.max_epochs=1")
     first, second = workspace.runs()
     events = EventAccumulator(str(first), size_guidance={"scalars": 0})
     events.Reload()
-    assert events.Scalars("val/acc")[-1].value > 0.5  # chance is 0.1; 40 steps of a width-8 net
+    assert events.Scalars("val/acc")[-1].value > 0.5  # chance is 0.1; 40 steps of a tiny AirNet
     assert same_weights(weights(first / "checkpoints/last.ckpt"), weights(second / "checkpoints/last.ckpt"))
+    whiten = weights(first / "checkpoints/last.ckpt")["network.whiten.weight"]  # (8, 1, 2, 2) from the data
+    assert torch.allclose(whiten[:4], -whiten[4:]) and whiten.abs().max() > 1
+
+
+@pytest.mark.slow
+def test_a_strong_run_stopped_mid_epoch_during_lookahead_resumes_bit_identically(workspace, tmp_path):
+    workspace.run(f"{TINY} --trainer.max_epochs=2")
+    shutil.move(workspace.runs()[0], tmp_path / "straight")
+
+    process, log = workspace.start(f"{TINY} --trainer.max_epochs=2 --progress_refresh_rate=4")  # see the batch
+    wait_for(lambda: progress(log, 1) >= 12, 300, "batch 12 of epoch 1", process)  # lookahead starts at step 20
+    process.send_signal(signal.SIGTERM)
+    result = finish(process, log)
+    assert result.returncode == 128 + signal.SIGTERM, result.output[-2000:]
+    run = workspace.runs()[0]
+    stopped = torch.load(run / "checkpoints/last.ckpt", weights_only=True)
+    assert 50 <= stopped["global_step"] < 80 and stopped["averaging_state"]["n_averaged"] > 0
+
+    workspace.run(f"{TINY} --trainer.max_epochs=2 --ckpt_path last")
+    assert same_weights(states(tmp_path / "straight/checkpoints/last.ckpt"), states(run / "checkpoints/last.ckpt"))

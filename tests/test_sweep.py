@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import finish, progress, wait_for
+from conftest import ROOT, finish, progress, wait_for
 
 TINY = {
     "trainer.max_epochs": 2,
@@ -280,3 +280,17 @@ def test_the_dashboard_serves_the_study(workspace):
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         process.wait(timeout=30)
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "configs/sweeps").glob("*.yaml")))
+def test_every_shipped_sweep_file_is_valid_and_its_first_point_trains(workspace, monkeypatch, name):
+    import argparse
+
+    from fashion_mnist_lightning.sweep import load_sweep, preflight
+
+    monkeypatch.chdir(workspace.path)
+    flags = argparse.Namespace(n_trials=None, timeout=None, storage=None, study_name=None)
+    sweep = load_sweep(Path("configs/sweeps") / name, flags)
+    assert sweep.space and sweep.metric == "val/acc"
+    preflight(sweep)  # one batch of the first point of the space: every key exists, the objective is logged
+    assert not (workspace.path / "lightning_logs").exists()  # nothing written

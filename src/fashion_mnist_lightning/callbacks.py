@@ -16,6 +16,7 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter, Callback
+from lightning.pytorch.loggers import TensorBoardLogger
 from matplotlib.figure import Figure
 from torchmetrics.classification import MulticlassConfusionMatrix
 
@@ -139,11 +140,11 @@ class SamplePredictionsLogger(Callback):
 
 class RunSummaryLogger(Callback):
     """The network's graph (TensorBoard) and the hyper-parameters with the run's final metrics, through each
-    logger's ``log_hyperparams`` / ``log_metrics``.
+    logger's ``log_hyperparams`` / ``log_metrics`` (CSV: hparams.yaml and metrics.csv; MLflow: params, metrics).
 
-    The hyper-parameter record is written once, when a new run starts, declaring the final metrics ``hp/...``
-    with a placeholder 0 at step 0 (TensorBoard's HPARAMS tab keeps a run's first record and shows each metric's
-    latest value); the values follow at the end of fit and of test. A fit followed by a test fills all four.
+    The hyper-parameter record is written once, when a new run starts; for TensorBoard it declares the final
+    metrics ``hp/...`` with a placeholder 0 at step 0 (its HPARAMS tab keeps a run's first record and shows each
+    metric's latest value). The values follow at the end of fit and of test. A fit followed by a test fills all four.
     """
 
     FINAL = {
@@ -180,7 +181,10 @@ class RunSummaryLogger(Callback):
         if trainer.datamodule is not None:
             params["data"] = dict(trainer.datamodule.hparams)
         for logger in trainer.loggers:
-            logger.log_hyperparams(params, metrics=dict.fromkeys(self.FINAL.values(), 0.0), step=0)
+            if isinstance(logger, TensorBoardLogger):  # the only logger whose hparams take metrics
+                logger.log_hyperparams(params, metrics=dict.fromkeys(self.FINAL.values(), 0.0), step=0)
+            else:
+                logger.log_hyperparams(params)
 
     def _log_final(self, trainer: L.Trainer) -> None:
         metrics = {

@@ -7,7 +7,8 @@ and ``after_fit``. What the template adds on top of stock LightningCLI:
 - ``configs/base.yaml`` is read before every ``--config`` (the shared run setup, written once);
 - each command gets its own folder (runs/folders.py): ``fit`` a new ``version_N`` (or, with ``--ckpt_path
   last``, the newest run's own), ``validate``/``test``/``predict`` an ``evaluations/<command>_K`` inside the
-  run of the checkpoint they evaluate; ``--ckpt_path last`` / ``best`` mean the newest run's checkpoints;
+  run of the checkpoint they evaluate; ``--ckpt_path last`` / ``best`` mean the newest run's checkpoints
+  (with ``MLFlowLogger``: MLflow names the run, its search finds the newest, an evaluation is a child run);
 - the fault-tolerance callbacks, the progress bar and the predictions writer are added to every Trainer;
 - every mistake a user can make becomes one line on stderr with the fix, exit 2, and no folder left behind.
 """
@@ -25,6 +26,7 @@ from jsonargparse import Namespace
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from fashion_mnist_lightning.callbacks import ConfusionMatrixLogger, PredictionCSV
@@ -39,16 +41,27 @@ from fashion_mnist_lightning.runs.checkpoint_io import (
 )
 from fashion_mnist_lightning.runs.folders import (
     EVALUATIONS,
+    MLFLOW_RUN_ID,
     ResumeError,
     claim,
+    mlflow_runs,
     newest_checkpoint,
     next_version,
     release_unused,
+    reopen_csv_log,
     run_dir,
     run_of,
     watch,
 )
 from fashion_mnist_lightning.runs.guards import FiniteLossGuard, NonFiniteLossError
+from fashion_mnist_lightning.runs.loggers import (
+    LoggerError,
+    logger_init_args,
+    logger_root,
+    mlflow_init_args,
+    mlflow_store,
+    prepare_mlflow,
+)
 from fashion_mnist_lightning.runs.rng import RNGStates
 from fashion_mnist_lightning.runs.signals import CheckpointOnSignal, TrainingInterrupted
 
@@ -144,6 +157,7 @@ class FashionMNISTCLI(LightningCLI):
             raise ConfigError(one_line(err, valid_keys(parser, args))) from None
         subcommand = self.config.get("subcommand")
         if subcommand:
+            prepare_mlflow(self.config[subcommand])
             self.resumed_run = self._resolve_checkpoint(subcommand, self.config[subcommand])
 
     def _resolve_checkpoint(self, subcommand: str, config: Namespace) -> Path | None:
@@ -162,14 +176,18 @@ class FashionMNISTCLI(LightningCLI):
                 raise ConfigError(
                     "fit resumes from --ckpt_path last (or a .ckpt path); best is for validate, test and predict"
                 )
-            root = logger_root(config)
+            if mlflow_init_args(config) is not None:
+                root, candidates = mlflow_runs(*mlflow_store(config))
+            else:
+                root, candidates = logger_root(config), None
             if root is None:
                 raise ResumeError(
                     f"--ckpt_path {ckpt} searches the runs of the configured logger, and there is "
                     "none (trainer.logger); pass the path of a .ckpt file instead"
                 )
-            config.ckpt_path = str(newest_checkpoint(root, ckpt))
-            print(f"{'resuming' if subcommand == 'fit' else 'evaluating'} {config.ckpt_path}", flush=True)
+            config.ckpt_path = str(newest_checkpoint(root, ckpt, candidates))
+            if rank_zero_only.rank == 0:  # once, not once per DDP process
+                print(f"{'resuming' if subcommand == 'fit' else 'evaluating'} {config.ckpt_path}", flush=True)
         read_checkpoint(config.ckpt_path)  # one line for a missing or unreadable file; loads no code
         return run_of(config.ckpt_path) if subcommand == "fit" and ckpt == "last" else None
 
@@ -194,6 +212,10 @@ class FashionMNISTCLI(LightningCLI):
         self.recipe = config.clone()  # what RunConfig writes
         if self.subcommand == "fit":
             self.recipe.ckpt_path = None
+        mlflow = mlflow_init_args(config)
+        if mlflow is not None:
+            self._mlflow_run(config, mlflow)
+            return
         init = logger_init_args(config)
         if init is None or rank_zero_only.rank != 0 or config.trainer.get("fast_dev_run"):
             return  # other processes: Lightning broadcasts rank 0's folders; fast_dev_run logs nothing
@@ -215,12 +237,26 @@ class FashionMNISTCLI(LightningCLI):
                 "writable folder with --trainer.logger.init_args.save_dir"
             ) from None
 
+    def _mlflow_run(self, config: Namespace, init: Namespace) -> None:
+        """MLflow names its runs itself: ``fit --ckpt_path last`` continues the run's id; an evaluation is a new
+        run nested under the run whose checkpoint it evaluates (MLflow's parent-run tag)."""
+        if self.subcommand == "fit" and self.resumed_run is not None:
+            init.run_id = self.resumed_run.name
+            watch(self.resumed_run)
+        elif self.subcommand != "fit":
+            run = run_of(config.ckpt_path)
+            if run is not None and MLFLOW_RUN_ID.fullmatch(run.name):
+                init.tags = {**(init.get("tags") or {}), "mlflow.parentRunId": run.name}
+            init.run_name = init.get("run_name") or self.subcommand
+
     def instantiate_classes(self) -> None:
         try:
             super().instantiate_classes()
         except ConfigError:
             raise
         except (ValueError, TypeError) as err:  # raised by a class's __init__ for a value the user passed
+            if str(err).startswith("Does not validate against any of the Union subtypes") and err.__cause__:
+                err = err.__cause__  # the class's own message (a logger's), not jsonargparse's wrapper
             raise ConfigError(
                 f"invalid value: {first_line(err)}; fix the flag or config key (`fashion-mnist fit --help` lists them)"
             ) from None
@@ -259,6 +295,9 @@ class FashionMNISTCLI(LightningCLI):
             check_matches(ckpt, read_checkpoint(ckpt)["state_dict"], self.model)
         if self.subcommand == "fit":
             check_optimizer(self.model)
+        resuming = self.subcommand == "fit" and self.resumed_run is not None and rank_zero_only.rank == 0
+        if resuming and isinstance(self.trainer.logger, CSVLogger):
+            reopen_csv_log(self.trainer.logger, self.resumed_run)
 
     # ------------------------------------------------------------------------------------------------
 
@@ -270,20 +309,12 @@ class FashionMNISTCLI(LightningCLI):
         confusion = next((c for c in self.trainer.callbacks if isinstance(c, ConfusionMatrixLogger)), None)
         if self.trainer.is_global_zero:
             print_summary(
-                run_dir(self.trainer), results[0] if results else {}, best, confusion.test_images if confusion else None
+                run_dir(self.trainer),
+                results[0] if results else {},
+                best,
+                confusion.test_images if confusion else None,
+                isinstance(self.trainer.logger, TensorBoardLogger),
             )
-
-
-def logger_init_args(config: Namespace) -> Namespace | None:
-    """The configured logger's init_args when it has run folders (save_dir/name/version), else None."""
-    logger = config.trainer.get("logger")
-    init = logger.get("init_args") if isinstance(logger, Namespace) else None
-    return init if init is not None and "version" in init else None
-
-
-def logger_root(config: Namespace) -> Path | None:
-    init = logger_init_args(config)
-    return None if init is None else Path(init.get("save_dir") or ".") / (init.get("name") or "")
 
 
 def check_optimizer(model: FashionMNISTClassifier) -> None:
@@ -312,14 +343,14 @@ def first_line(err: BaseException) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
-def print_summary(run: Path, metrics: dict, best: str, images: int | None) -> None:
+def print_summary(run: Path, metrics: dict, best: str, images: int | None, tensorboard: bool = True) -> None:
     lines = [
         "",
         f"test accuracy: {100 * float(metrics.get('test/acc', float('nan'))):.2f} % "
         f"(test loss {float(metrics.get('test/loss', float('nan'))):.4f})"
         + (f" on {images:,} test images" if images else ""),
         f"best checkpoint: {best or '(none saved)'}",
-        f"run folder (TensorBoard: make tensorboard): {run}",
+        f"run folder{' (TensorBoard: make tensorboard)' if tensorboard else ''}: {run}",
         f"confusion matrices: {run / 'confusion_matrix_test.png'}, {run / 'confusion_matrix_test_normalized.png'}",
     ]
     print("\n".join(lines), flush=True)
@@ -410,7 +441,7 @@ TOOLS = {  # commands beside LightningCLI's subcommands
     "report": "fashion_mnist_lightning.extras.report",
     "sweep": "fashion_mnist_lightning.sweep",
 }
-USER_ERRORS = (ConfigError, DataError, ResumeError, CheckpointError, ScheduleLengthError)
+USER_ERRORS = (ConfigError, DataError, ResumeError, CheckpointError, ScheduleLengthError, LoggerError)
 
 
 def main(argv: list[str] | None = None) -> int:

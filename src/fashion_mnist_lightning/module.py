@@ -1,6 +1,7 @@
 """The LightningModule: one shared step, cross-entropy, torchmetrics, logging, optimizer and schedule."""
 
 import warnings
+from typing import Literal
 
 import lightning as L
 import torch
@@ -10,10 +11,22 @@ from torch import nn
 from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from fashion_mnist_lightning.data.augment import shift
 from fashion_mnist_lightning.network import SeedCNN
 
 NUM_CLASSES = 10
+NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.GroupNorm, nn.LayerNorm)
 PRIMITIVE = (bool, int, float, str, type(None), list, tuple, dict)
+
+# test-time augmentation: (weight, view) pairs for images (N, 1, 28, 28), the weights summing to 1
+TTA_VIEWS = {
+    "none": lambda x: [(1.0, x)],
+    "flip": lambda x: [(0.5, x), (0.5, x.flip(-1))],
+    "flip_shift": lambda x: [
+        *((0.25, view) for view in (x, x.flip(-1))),
+        *((0.125, shift(view, d, d)) for view in (x, x.flip(-1)) for d in (-1, 1)),
+    ],
+}
 
 # val/acc_best is the max of val/acc, which torchmetrics has already synced over all processes: logging it again
 # with sync_dist=True would only reduce identical values, so Lightning's advice to do so does not apply here.
@@ -46,7 +59,10 @@ class FashionMNISTClassifier(L.LightningModule):
         class_names: list[str] | None = None,  # the CLI links the DataModule's; default "0".."9"
         compile: bool = False,  # torch.compile the network in place (GPU: faster; this tiny CPU net: slower)
         channels_last: bool = False,  # NHWC memory format: on a CPU max-pool runs about 2x faster
-        tta_flip: bool = False,  # evaluation (val/test/predict): average the logits of each image and its mirror
+        tta: Literal["none", "flip", "flip_shift"] = "none",  # evaluation (val/test/predict) averages the logits
+        # of several views of each image: "flip" = image and mirror; "flip_shift" = those two (weight 1/2) and both
+        # shifted by one pixel along the diagonal, each way (weight 1/2)
+        norm_lr_scale: float = 1.0,  # learning-rate multiplier for the normalisation layers' parameters (airbench: 64)
     ):
         super().__init__()
         with warnings.catch_warnings():  # a network object passed in Python is dropped just below
@@ -60,7 +76,7 @@ class FashionMNISTClassifier(L.LightningModule):
         self.class_names = list(class_names) if class_names is not None else [str(i) for i in range(NUM_CLASSES)]
         self.compile_network = compile
         self.channels_last = channels_last
-        self.tta_flip = tta_flip
+        self.tta, self.norm_lr_scale = tta, norm_lr_scale
         self.example_input_array = torch.zeros(1, 1, 28, 28)  # model summary shapes, graph logging
 
         accuracy = dict(num_classes=NUM_CLASSES, average="micro")
@@ -83,9 +99,8 @@ class FashionMNISTClassifier(L.LightningModule):
         return self.network(images)  # (N, 1, 28, 28) float in [0, 1] -> (N, 10) logits
 
     def evaluate(self, images: torch.Tensor) -> torch.Tensor:
-        """Logits for evaluation: with ``tta_flip``, the mean of the image's and its mirror image's logits."""
-        logits = self(images)  # (N, 10)
-        return (logits + self(images.flip(-1))) / 2 if self.tta_flip else logits
+        """Logits for evaluation: the weighted mean of the logits of the views ``tta`` names. (N, 10)"""
+        return sum(weight * self(view) for weight, view in TTA_VIEWS[self.tta](images))
 
     # ------------------------------------------------------------------------------------------------
     # steps
@@ -143,24 +158,33 @@ class FashionMNISTClassifier(L.LightningModule):
 
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(self.parameter_groups())
+        for group in optimizer.param_groups:
+            group["lr"] *= group["lr_scale"]
         if self.scheduler_factory is None:
             return optimizer
-        run_length = {}
-        if getattr(self.scheduler_factory, "keywords", {}).get("total_steps", 0) is None:
+        keywords, run_length = getattr(self.scheduler_factory, "keywords", {}), {}
+        if keywords.get("total_steps", 0) is None:
             run_length["total_steps"] = int(self.trainer.estimated_stepping_batches)
+        if isinstance(keywords.get("max_lr"), float):  # OneCycleLR sets every group's lr: scale it per group
+            run_length["max_lr"] = [keywords["max_lr"] * group["lr_scale"] for group in optimizer.param_groups]
         scheduler = self.scheduler_factory(optimizer, **run_length)
-        if run_length:
+        if "total_steps" in run_length:
             self._check_resumed_length(type(scheduler).__name__, run_length["total_steps"])
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def parameter_groups(self) -> list[dict]:
         """Weight decay on weight matrices and convolution kernels only, not on biases or normalisation
-        parameters (as nanoGPT and airbench do): decaying those only pulls the network towards a bad offset."""
+        parameters (as nanoGPT and airbench do): decaying those only pulls the network towards a bad offset.
+        The normalisation layers' parameters learn ``norm_lr_scale`` times faster (``lr_scale``, applied to
+        the optimizer's lr, or to OneCycleLR's max_lr)."""
+        norms = {id(p) for m in self.modules() if isinstance(m, NORMS) for p in m.parameters()}
         params = [p for p in self.parameters() if p.requires_grad]
-        return [
-            {"params": [p for p in params if p.ndim >= 2], "name": "weights"},
-            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0, "name": "biases_and_norms"},
+        groups = [
+            ("weights", [p for p in params if p.ndim >= 2], {}, 1.0),
+            ("biases", [p for p in params if p.ndim < 2 and id(p) not in norms], {"weight_decay": 0.0}, 1.0),
+            ("norms", [p for p in params if p.ndim < 2 and id(p) in norms], {"weight_decay": 0.0}, self.norm_lr_scale),
         ]
+        return [{"params": ps, "name": name, "lr_scale": scale, **options} for name, ps, options, scale in groups if ps]
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self._resumed_schedule_steps = [s.get("total_steps") for s in checkpoint.get("lr_schedulers", [])]

@@ -70,3 +70,83 @@ class VGGNet(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(self.normalize(images)))  # (N, 1, 28, 28) -> (N, 10)
+
+
+# ----------------------------------------------------------------------------------------------------
+# AirNet: the CIFAR-10 speedrun network (airbench) for 28x28 grey images, used by configs/strong.yaml.
+
+
+class ShiftBatchNorm(nn.BatchNorm2d):
+    """BatchNorm that learns only its shift: the scale stays 1 (the next layer's weights can scale), and the
+    running statistics follow the batches quickly (``momentum`` 0.4, torch's convention: new = 0.6 old + 0.4 batch).
+    """
+
+    def __init__(self, channels: int, momentum: float = 0.4):
+        super().__init__(channels, eps=1e-12, momentum=momentum)
+        self.weight.requires_grad_(False)
+
+
+def identity_conv3x3(c_in: int, c_out: int) -> nn.Conv2d:
+    """3x3 'same' convolution, no bias, initialised as the identity on its first min(c_in, c_out) channels
+    (dirac init): each block starts by passing its input through, which speeds up early training."""
+    conv = nn.Conv2d(c_in, c_out, kernel_size=3, padding=1, bias=False)
+    nn.init.dirac_(conv.weight[: min(c_in, c_out)])
+    return conv
+
+
+class ResidualGroup(nn.Module):
+    """conv -> max-pool 2 -> BN -> GELU, then one residual pair: x <- GELU(x + BN(conv(GELU(BN(conv(x))))))."""
+
+    def __init__(self, c_in: int, c_out: int, momentum: float):
+        super().__init__()
+        self.conv1, self.norm1 = identity_conv3x3(c_in, c_out), ShiftBatchNorm(c_out, momentum)
+        self.conv2, self.norm2 = identity_conv3x3(c_out, c_out), ShiftBatchNorm(c_out, momentum)
+        self.conv3, self.norm3 = identity_conv3x3(c_out, c_out), ShiftBatchNorm(c_out, momentum)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.gelu(self.norm1(F.max_pool2d(self.conv1(x), 2)))  # (N, c_in, H, W) -> (N, c_out, H/2, W/2)
+        y = F.gelu(self.norm2(self.conv2(x)))
+        return F.gelu(x + self.norm3(self.conv3(y)))
+
+
+class AirNet(nn.Module):
+    """airbench's network for 28x28 grey images: a frozen 2x2 patch-whitening convolution, three residual groups,
+    global max-pool, a linear layer without bias whose logits are scaled down (1/9) for a calm start.
+
+    The whitening filters are computed from training images by ``init_from_data`` (the ``DataDependentInit``
+    callback calls it once, before the first step); until then they are random and the network still works.
+    """
+
+    def __init__(
+        self,
+        widths: tuple[int, int, int] = (32, 64, 128),  # channels of the three groups
+        bn_momentum: float = 0.4,  # running statistics: weight of the newest batch
+        logit_scale: float = 1 / 9,  # multiplies the logits
+        mean: float = TRAIN_MEAN,
+        std: float = TRAIN_STD,
+    ):
+        super().__init__()
+        self.normalize = Normalize(mean, std)
+        self.whiten = nn.Conv2d(1, 8, kernel_size=2)  # 4 eigen-filters of 2x2 patches and their negatives
+        self.whiten.weight.requires_grad_(False)
+        channels = (8, *widths)
+        self.groups = nn.Sequential(*(ResidualGroup(a, b, bn_momentum) for a, b in zip(channels, channels[1:])))
+        self.head = nn.Linear(widths[-1], 10, bias=False)
+        self.logit_scale = logit_scale
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = F.gelu(self.whiten(self.normalize(images)))  # (N, 1, 28, 28) -> (N, 8, 27, 27)
+        x = self.groups(x)  # -> (N, w0, 13, 13) -> (N, w1, 6, 6) -> (N, w2, 3, 3)
+        return self.head(x.amax(dim=(2, 3))) * self.logit_scale  # global max-pool (N, w2) -> logits (N, 10)
+
+    @torch.no_grad()
+    def init_from_data(self, images: torch.Tensor, eps: float = 5e-4) -> None:
+        """Whitening filters from the 2x2 patches of ``images`` (N, 1, 28, 28) float in [0, 1]: each eigenvector
+        of the patch covariance scaled by 1/sqrt(eigenvalue), and its negative (GELU keeps both signs' halves)."""
+        x = self.normalize(images.float())
+        patches = x.unfold(2, 2, 1).unfold(3, 2, 1).reshape(-1, 4)  # (N * 27 * 27, 4): (c, 27, 27, 2, 2) flat
+        covariance = patches.T @ patches / len(patches)  # (4, 4)
+        eigenvalues, eigenvectors = torch.linalg.eigh(covariance)  # ascending; eigenvectors in columns
+        filters = (eigenvectors.T / torch.sqrt(eigenvalues + eps)[:, None]).reshape(4, 1, 2, 2)
+        self.whiten.weight.copy_(torch.cat([filters, -filters]))
+        self.whiten.bias.zero_()

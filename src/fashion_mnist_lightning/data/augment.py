@@ -33,5 +33,12 @@ def random_hflip(images: torch.Tensor, p: float = 0.5) -> torch.Tensor:
     return torch.where(flip[:, None, None, None], images.flip(-1), images)
 
 
+def shift(images: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    """Every image moved dy pixels down and dx right, the uncovered border zero. (B, C, H, W) -> (B, C, H, W)."""
+    p, (h, w) = max(abs(dy), abs(dx)), images.shape[-2:]
+    padded = torch.nn.functional.pad(images, (p,) * 4)  # (B, C, H + 2p, W + 2p)
+    return padded[..., p - dy : p - dy + h, p - dx : p - dx + w]
+
+
 def augment_batch(images: torch.Tensor, crop_padding: int, hflip: bool) -> torch.Tensor:
     return random_hflip(random_crop(images, crop_padding), 0.5 if hflip else 0.0)

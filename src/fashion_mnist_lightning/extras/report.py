@@ -1,6 +1,6 @@
 """`fashion-mnist report --ckpt_path X`: a visual report of one run, written into the run's folder.
 
-    <run>/report/learning_curves.png        train/val loss and accuracy per epoch (from the TensorBoard events)
+    <run>/report/learning_curves.png        train/val loss and accuracy per epoch (from the run's logger records)
     <run>/report/confusion_matrix.png       test set, counts
     <run>/report/confusion_matrix_normalized.png   test set, each row divided by its class size
     <run>/report/per_class.csv              precision, recall, F1, one-vs-rest accuracy per class
@@ -12,6 +12,7 @@ uses it). A report is derived output: running it again replaces the files in <ru
 """
 
 import argparse
+import csv
 import sys
 from pathlib import Path
 
@@ -28,24 +29,59 @@ CURVE_TAGS = ("train/loss_epoch", "val/loss", "train/acc", "val/acc")
 
 
 def read_curves(run: Path) -> dict[str, list[tuple[int, float]]]:
-    """{tag: [(epoch, value), ...]} for CURVE_TAGS from every event file in ``run`` (a resumed run has several).
+    """{tag: [(epoch, value), ...]} for CURVE_TAGS from the records the run's logger left in ``run``: TensorBoard
+    event files (a resumed run has several), CSVLogger's metrics.csv or MLflow's file store (``metrics/<tag>``).
 
-    Epoch-level values are logged at the step an epoch ended; Lightning's ``epoch`` scalar maps that step to
+    Epoch-level values are logged at the step an epoch ended; Lightning's ``epoch`` metric maps that step to
     its epoch. A step written twice (a resume repeats no step, but a re-run test might) keeps its last value.
     """
+    for reader in (tensorboard_scalars, csv_scalars, mlflow_scalars):
+        scalars = reader(run)
+        if scalars:
+            break
+    epoch_at = {step: int(value) for step, value in scalars.get("epoch", {}).items()}
+    curves = {}
+    for tag in CURVE_TAGS:
+        points = sorted(scalars.get(tag, {}).items())
+        if points:
+            curves[tag] = [(epoch_at.get(step, i) + 1, value) for i, (step, value) in enumerate(points)]
+    return curves
+
+
+def tensorboard_scalars(run: Path) -> dict[str, dict[int, float]]:
+    """{tag: {step: value}} from the event files directly in ``run``."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(str(run), size_guidance={"scalars": 0})  # 0 = keep every point
     events.Reload()
-    tags = set(events.Tags().get("scalars", []))
-    epoch_at = {e.step: int(e.value) for e in events.Scalars("epoch")} if "epoch" in tags else {}
-    curves = {}
-    for tag in CURVE_TAGS:
-        if tag in tags:
-            by_step = {e.step: e.value for e in events.Scalars(tag)}
-            points = sorted(by_step.items())
-            curves[tag] = [(epoch_at.get(step, i) + 1, value) for i, (step, value) in enumerate(points)]
-    return curves
+    logged = set(events.Tags().get("scalars", []))
+    return {tag: {e.step: e.value for e in events.Scalars(tag)} for tag in ("epoch", *CURVE_TAGS) if tag in logged}
+
+
+def csv_scalars(run: Path) -> dict[str, dict[int, float]]:
+    """{tag: {step: value}} from CSVLogger's metrics.csv: a row per logging call, empty where a metric was not
+    part of that call."""
+    path = run / "metrics.csv"
+    if not path.is_file():
+        return {}
+    scalars: dict[str, dict[int, float]] = {}
+    with path.open(newline="") as f:
+        for row in csv.DictReader(f):
+            for tag in ("epoch", *CURVE_TAGS):
+                if row.get(tag):
+                    scalars.setdefault(tag, {})[int(row["step"])] = float(row[tag])
+    return scalars
+
+
+def mlflow_scalars(run: Path) -> dict[str, dict[int, float]]:
+    """{tag: {step: value}} from an MLflow file-store run: ``metrics/<tag>`` holds 'timestamp value step' lines."""
+    scalars = {}
+    for tag in ("epoch", *CURVE_TAGS):
+        path = run / "metrics" / tag
+        if path.is_file():
+            lines = (line.split() for line in path.read_text().splitlines() if line.strip())
+            scalars[tag] = {int(step): float(value) for _, value, step in lines}
+    return scalars
 
 
 @torch.inference_mode()
@@ -97,9 +133,10 @@ def write_table(path: Path, class_names, table: dict[str, np.ndarray]) -> None:
 
 
 def markdown(
-    ckpt_path: Path, checkpoint_epoch: int, class_names, matrix: np.ndarray, table: dict, curves: dict, tta: bool
+    ckpt_path: Path, checkpoint_epoch: int, class_names, matrix: np.ndarray, table: dict, curves: dict, tta: str
 ) -> str:
     accuracy = np.trace(matrix) / matrix.sum()
+    views = "" if tta == "none" else f", test-time augmentation {tta}"
     rows = "\n".join(
         f"| {name} | {table['support'][i]} | {100 * table['precision'][i]:.1f} | "
         f"{100 * table['recall'][i]:.1f} | {100 * table['f1'][i]:.1f} | "
@@ -119,12 +156,12 @@ def markdown(
     curves_part = (
         "![learning curves](learning_curves.png)"
         if curves
-        else "No TensorBoard event files with epoch metrics were found in the run folder."
+        else "No epoch metrics (TensorBoard events, metrics.csv or MLflow metrics) were found in the run folder."
     )
     return f"""# Report: {ckpt_path.name}
 
 - checkpoint: `{ckpt_path}` (after epoch {checkpoint_epoch + 1})
-- test accuracy: **{100 * accuracy:.2f} %** on {int(matrix.sum()):,} test images{", flip TTA" if tta else ""}
+- test accuracy: **{100 * accuracy:.2f} %** on {int(matrix.sum()):,} test images{views}
   (float32 on the CPU; the test of a bf16 run may differ in the last digit)
 - best validation accuracy during training: {best_val}
 
@@ -197,7 +234,7 @@ def write_report(ckpt_path: Path, data_dir: Path, output: Path | None = None, mi
             figure.savefig(output / name, dpi=110)
     write_table(output / "per_class.csv", names, table)
     epoch = int(checkpoint.get("epoch", -1))
-    (output / "report.md").write_text(markdown(ckpt_path, epoch, names, matrix, table, curves, model.tta_flip))
+    (output / "report.md").write_text(markdown(ckpt_path, epoch, names, matrix, table, curves, model.tta))
     return output
 
 

@@ -4,18 +4,24 @@
     lightning_logs/version_N/checkpoints/     last.ckpt (always the newest state) and the best checkpoint
     lightning_logs/version_N/evaluations/test_K/   a later validate/test/predict of this run's checkpoint
     lightning_logs/evaluations/test_K/        an evaluation of a checkpoint that lives outside any run folder
+    mlruns/<experiment_id>/<run_id>/          an MLflow run (its file store, or the local side of a server's run)
 
-A new folder is claimed with an atomic ``mkdir`` before the logger uses it, so two commands started at the same
-moment in one place never share a folder. A command that fails before doing any work removes the folder it
-claimed (``release_unused``).
+TensorBoard and CSV runs share ``lightning_logs/version_N``; a new one is claimed with an atomic ``mkdir`` before
+the logger uses it, so two commands started at the same moment in one place never share a folder. A command that
+fails before doing any work removes the folder it claimed (``release_unused``). An MLflow run's folder is named by
+MLflow (experiment id, run id), its own search says which run is newest, and an evaluation is a child run of the
+run whose checkpoint it evaluates.
 """
 
+import csv
 import os
 import re
 import shutil
+import warnings
 from pathlib import Path
 
 import lightning as L
+from lightning.pytorch.core.saving import load_hparams_from_yaml
 
 from fashion_mnist_lightning.runs.checkpoint_io import CheckpointError, read_checkpoint
 
@@ -53,10 +59,11 @@ def runs(root: Path) -> list[Path]:
     return [path for _, path in sorted(found, reverse=True)]
 
 
-def newest_checkpoint(root: Path, which: str) -> Path:
+def newest_checkpoint(root: Path, which: str, candidates: list[Path] | None = None) -> Path:
     """``last``: the newest run's ``checkpoints/last.ckpt``; ``best``: the best checkpoint of the newest run that
-    has one (its ModelCheckpoint's ``best_model_path``, as recorded in that run's last.ckpt)."""
-    for run in runs(root):
+    has one (its ModelCheckpoint's ``best_model_path``, as recorded in that run's last.ckpt). ``candidates``: the
+    run folders to search, newest first (default: ``root/version_N``)."""
+    for run in runs(root) if candidates is None else candidates:
         last = run / "checkpoints" / LAST
         if not last.is_file():
             continue
@@ -67,7 +74,8 @@ def newest_checkpoint(root: Path, which: str) -> Path:
             return best
     raise ResumeError(
         f"--ckpt_path {which}: no run in {root} has a{' best' if which == 'best' else ''} "
-        f"checkpoint ({root}/version_N/checkpoints/{LAST if which == 'last' else '*.ckpt'}); "
+        f"checkpoint ({root}/{'version_N' if candidates is None else '<run>'}/checkpoints/"
+        f"{LAST if which == 'last' else '*.ckpt'}); "
         "train one first (make train), or pass the path of a .ckpt file"
     )
 
@@ -132,3 +140,49 @@ def release_unused() -> None:
         folder = claimed.pop()
         if folder.is_dir() and not any(folder.rglob("*.ckpt")):
             shutil.rmtree(folder, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------------------------------
+# MLflow runs and a resumed CSV log
+
+MLFLOW_RUN_ID = re.compile(r"[0-9a-f]{32}")  # the name of an MLflow run's folder
+
+
+def mlflow_runs(tracking_uri: str, experiment: str, local_root: Path) -> tuple[Path, list[Path]]:
+    """The experiment's folder and its runs' folders, newest first: ``<local_root>/<experiment_id>/<run_id>``,
+    where Lightning puts a run's checkpoints (``local_root`` is the file store, or for a server the Trainer's
+    ``default_root_dir``). MLflow's own search orders them, so a file store and a server work alike."""
+    if tracking_uri.startswith("file:") and not local_root.is_dir():
+        return local_root, []  # nothing tracked yet (and opening the store would create it)
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return local_root, []
+    folder = local_root / found.experiment_id
+    newest_first = client.search_runs([found.experiment_id], order_by=["attributes.start_time DESC"])
+    return folder, [folder / run.info.run_id for run in newest_first]
+
+
+def reopen_csv_log(logger, run: Path) -> None:
+    """Open a resumed run's CSV log without losing its record. Lightning 2.6's CSVLogger deletes the metrics.csv
+    of a folder that is not empty when it opens it (the earlier epochs would vanish from the curves), and rewrites
+    hparams.yaml from what this process logs (the run's first record would vanish). metrics.csv steps aside while
+    the logger opens the folder (renames: the rows are never only in memory) and the writer learns its columns,
+    so the next save appends; the writer starts from the hyper-parameters already recorded."""
+    path, aside, hparams = run / "metrics.csv", run / ".metrics.csv.resumed", run / "hparams.yaml"
+    if path.is_file():
+        os.replace(path, aside)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "Previous log files in this directory will be deleted": not so here
+            writer = logger.experiment
+    finally:
+        if aside.is_file():
+            os.replace(aside, path)
+    if path.is_file():
+        with path.open(newline="") as f:
+            writer.metrics_keys = next(csv.reader(f), [])
+    if hparams.is_file():
+        writer.hparams.update(load_hparams_from_yaml(hparams, use_omegaconf=False) or {})
