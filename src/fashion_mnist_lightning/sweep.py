@@ -456,10 +456,11 @@ def spread(name: str, values: list[float], scale: float = 1, unit: str = "") -> 
     if len(values) < 2:
         return []
     values = [scale * v for v in values]
-    return [
-        f"{name} over {len(values)} trials: {statistics.mean(values):.2f}{unit} ± {statistics.stdev(values):.2f}"
-        f"{unit} (std), min {min(values):.2f}{unit}, max {max(values):.2f}{unit}"
-    ]
+    digits = 2 if unit == "%" else 4  # 90.48 % or 0.9048: differences of a few hundredths of a point stay visible
+    mean, std, low, high = (
+        f"{v:.{digits}f}{unit}" for v in (statistics.mean(values), statistics.stdev(values), min(values), max(values))
+    )
+    return [f"{name} over {len(values)} trials: {mean} ± {std} (std), min {low}, max {high}"]
 
 
 def plots(study):
