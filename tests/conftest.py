@@ -193,28 +193,35 @@ def trained(tmp_path_factory, real_data_dir) -> Path:
     return workspace.runs()[0]
 
 
+def last_checkpoint_of(tmp_path_factory, name: str, command: str) -> Path:
+    """Run one toy-size fit in a fresh workspace; its last checkpoint."""
+    workspace = Workspace(tmp_path_factory.mktemp(name))
+    workspace.run(command)
+    return workspace.runs()[0] / "checkpoints" / "last.ckpt"
+
+
 @pytest.fixture(scope="session")
 def trained_vgg(tmp_path_factory, real_data_dir) -> Path:
     """A short run of VGGNet (BatchNorm, dropout) at toy size: its last checkpoint."""
-    workspace = Workspace(tmp_path_factory.mktemp("trained-vgg"))
-    workspace.run(
+    return last_checkpoint_of(
+        tmp_path_factory,
+        "trained-vgg",
         "fashion-mnist fit --config configs/default.yaml --model.network fashion_mnist_lightning.network.VGGNet "
         "--model.network.init_args.width=8 --trainer.max_epochs=1 --trainer.limit_train_batches=10 "
-        "--trainer.limit_val_batches=1"
+        "--trainer.limit_val_batches=1",
     )
-    return workspace.runs()[0] / "checkpoints" / "last.ckpt"
 
 
 @pytest.fixture(scope="session")
 def trained_airnet(tmp_path_factory, real_data_dir) -> Path:
     """A short run of configs/strong.yaml (AirNet, lookahead) at toy size: its last checkpoint."""
-    workspace = Workspace(tmp_path_factory.mktemp("trained-airnet"))
-    workspace.run(
+    return last_checkpoint_of(
+        tmp_path_factory,
+        "trained-airnet",
         "fashion-mnist fit --config configs/strong.yaml --model.network.init_args.widths=[8,16,16] "
         "--trainer.max_epochs=1 --trainer.limit_train_batches=10 --trainer.limit_val_batches=1 "
-        "--trainer.check_val_every_n_epoch=1"
+        "--trainer.check_val_every_n_epoch=1",
     )
-    return workspace.runs()[0] / "checkpoints" / "last.ckpt"
 
 
 def wait_for(condition, timeout: float, what: str, process: subprocess.Popen | None = None) -> None:

@@ -6,7 +6,6 @@
   taken and the live weights are reset to it.
 """
 
-import itertools
 import warnings
 
 import lightning as L
@@ -77,7 +76,7 @@ class Lookahead(WeightAveraging):
         updates = self._started_updates()
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
         if self._started_updates() != updates:
-            self._copy_back(pl_module)
+            self._copy_average_to_current(pl_module)  # the base class's copy
 
     def on_validation_epoch_start(self, trainer, pl_module) -> None:
         pass  # the live weights are the average: no swap
@@ -87,7 +86,7 @@ class Lookahead(WeightAveraging):
 
     def on_train_end(self, trainer, pl_module) -> None:
         if self._started_updates():
-            self._copy_back(pl_module)
+            self._copy_average_to_current(pl_module)  # the base class's copy
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
         if self._started_updates():
@@ -101,10 +100,3 @@ class Lookahead(WeightAveraging):
 
     def _started_updates(self) -> int:
         return 0 if self._average_model is None else int(self._average_model.n_averaged)
-
-    @torch.no_grad()
-    def _copy_back(self, pl_module: L.LightningModule) -> None:
-        module = self._average_model.module
-        averages = itertools.chain(module.parameters(), module.buffers())
-        for average, current in zip(averages, itertools.chain(pl_module.parameters(), pl_module.buffers())):
-            current.copy_(average)
