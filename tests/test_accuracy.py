@@ -1,5 +1,5 @@
 """Accuracy floors on the real data, a couple of points under what the recipes measured (2026-11-23, this
-machine, seed 42): an accuracy regression fails here instead of passing the suite."""
+machine, seed 42; default.yaml re-measured 2026-11-24): an accuracy regression fails here instead of passing the suite."""
 
 import re
 
@@ -13,12 +13,12 @@ def accuracy(output: str) -> float:
     return float(re.search(r"test accuracy: ([\d.]+) %", output).group(1))
 
 
-def test_default_recipe_in_3_epochs_stays_above_85_5_percent(workspace):
-    """configs/default.yaml shortened to 3 epochs (its OneCycle follows the run length) measured 87.46 %."""
+def test_default_recipe_in_3_epochs_stays_above_86_percent(workspace):
+    """configs/default.yaml shortened to 3 epochs (its OneCycle follows the run length) measured 88.14 %."""
     result = workspace.run(
         "fashion-mnist fit --config configs/default.yaml --trainer.max_epochs=3 --test_after_fit true", timeout=400
     )
-    assert accuracy(result.output) >= 85.5
+    assert accuracy(result.output) >= 86.0
 
 
 def test_the_seed_articles_one_epoch_stays_above_82_percent(workspace):
