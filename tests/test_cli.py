@@ -192,6 +192,18 @@ def test_a_mistake_in_fit_is_one_line_exit_2_and_leaves_no_folder(workspace, fla
     assert not (workspace.path / "lightning_logs").exists()
 
 
+def test_a_run_too_short_for_its_schedule_is_one_line_exit_2_and_leaves_no_folder(workspace):
+    """OneCycle with a 10 % warm-up over 10 steps has a one-step phase that torch divides by zero on."""
+    result = workspace.run(
+        "fashion-mnist fit --config configs/strong.yaml --trainer.max_epochs=1 --trainer.limit_train_batches=10 "
+        "--model.scheduler.init_args.pct_start=0.1",
+        expect=2,
+    )
+    assert "10 optimizer steps is too short" in result.error and "pct_start" in result.error
+    assert "Traceback" not in result.output
+    assert not (workspace.path / "lightning_logs").exists()
+
+
 def test_the_same_typo_in_a_config_file_gets_the_same_suggestion(workspace):
     config = workspace.path / "typo.yaml"
     config.write_text("trainer:\n  max_epoks: 2\n")

@@ -62,6 +62,7 @@ from fashion_mnist_lightning.runs.loggers import (
     mlflow_store,
     prepare_mlflow,
 )
+from fashion_mnist_lightning.runs.memory import keep_freed_memory
 from fashion_mnist_lightning.runs.rng import RNGStates
 from fashion_mnist_lightning.runs.signals import CheckpointOnSignal, TrainingInterrupted
 
@@ -325,9 +326,9 @@ def check_optimizer(model: FashionMNISTClassifier) -> None:
         if model.scheduler_factory is not None:
             keywords = getattr(model.scheduler_factory, "keywords", {})
             model.scheduler_factory(
-                optimizer, **({"total_steps": 10} if keywords.get("total_steps", 0) is None else {})
+                optimizer, **({"total_steps": 1000} if keywords.get("total_steps", 0) is None else {})
             )
-    except (ValueError, TypeError) as err:
+    except (ValueError, TypeError, ZeroDivisionError) as err:
         raise ConfigError(
             f"model.optimizer / model.scheduler: {first_line(err)}; fix its init_args "
             "(e.g. --model.optimizer.init_args.lr)"
@@ -446,6 +447,7 @@ USER_ERRORS = (ConfigError, DataError, ResumeError, CheckpointError, ScheduleLen
 
 def main(argv: list[str] | None = None) -> int:
     quiet_library_noise()
+    keep_freed_memory()  # no page faults for the tensors every step frees and allocates again
     words = sys.argv[1:] if argv is None else argv
     if words and words[0] in TOOLS:
         from importlib import import_module

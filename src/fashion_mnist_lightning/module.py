@@ -34,7 +34,8 @@ warnings.filterwarnings("ignore", message=r".*self\.log\('val/acc_best'.*sync_di
 
 
 class ScheduleLengthError(ValueError):
-    """A resumed run asks for another length than the one its learning-rate schedule was built for."""
+    """The run's length does not fit its learning-rate schedule: a resumed run asks for another length than the
+    schedule was built for, or the run is too short for the schedule's phases."""
 
 
 class FashionMNISTClassifier(L.LightningModule):
@@ -167,7 +168,14 @@ class FashionMNISTClassifier(L.LightningModule):
             run_length["total_steps"] = int(self.trainer.estimated_stepping_batches)
         if isinstance(keywords.get("max_lr"), float):  # OneCycleLR sets every group's lr: scale it per group
             run_length["max_lr"] = [keywords["max_lr"] * group["lr_scale"] for group in optimizer.param_groups]
-        scheduler = self.scheduler_factory(optimizer, **run_length)
+        try:
+            scheduler = self.scheduler_factory(optimizer, **run_length)
+        except ZeroDivisionError:  # OneCycleLR when pct_start x total_steps is 1: a phase of zero steps
+            raise ScheduleLengthError(
+                f"a run of {run_length.get('total_steps', '?')} optimizer steps is too short for this schedule's "
+                "phases; train longer (--trainer.max_epochs, --trainer.limit_train_batches) or change "
+                "--model.scheduler.init_args.pct_start"
+            ) from None
         if "total_steps" in run_length:
             self._check_resumed_length(type(scheduler).__name__, run_length["total_steps"])
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -8,6 +8,7 @@ Everything resume-related is here, one idea per file:
     rng.py            RNGStates callback: torch/NumPy/Python generator states in every checkpoint
     signals.py        CheckpointOnSignal callback: Ctrl-C / SIGTERM -> checkpoint at the next batch, exit 128+n
     guards.py         FiniteLossGuard callback: NaN/Inf gradients stop training before the step
+    memory.py         glibc keeps freed memory for the next step instead of page-faulting it back in
 
 The position inside an epoch is the training sampler's state (``data/sampler.py``), saved through the
 DataModule's ``state_dict``; the running training metrics are persistent metric states of the module.
