@@ -1,5 +1,6 @@
 """Accuracy floors on the real data, a couple of points under what the recipes measured (2026-11-23, this
-machine, seed 42; default.yaml re-measured 2026-11-24): an accuracy regression fails here instead of passing the suite."""
+machine, seed 42; default.yaml re-measured 2026-11-24): an accuracy regression fails here instead of passing the
+suite."""
 
 import re
 

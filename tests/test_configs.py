@@ -59,7 +59,8 @@ def test_every_config_through_fit_interrupt_resume_evaluate_report_export(worksp
     steps = torch.load(run / "checkpoints/last.ckpt", weights_only=True)["global_step"]
     recipe = yaml.safe_load((ROOT / "configs" / f"{name}.yaml").read_text())
     processes = recipe.get("trainer", {}).get("devices", 1)
-    per_process = -(-55_000 // processes)  # each process's share of the 55k training images
+    training_images = 60_000 - yaml.safe_load((run / "config.yaml").read_text())["data"]["val_size"]
+    per_process = -(-training_images // processes)  # each process's share of the training images
     total = 2 * min(EPOCH, -(-per_process // recipe.get("data", {}).get("batch_size", 256)))
     assert 0 < steps < total, (steps, total)
 
