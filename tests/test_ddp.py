@@ -54,6 +54,25 @@ def test_the_readme_ddp_line_finishes_and_follows_the_one_process_run(workspace,
     assert abs(logged - evaluated.Scalars("test/acc")[-1].value) < 1e-6
 
 
+def test_any_config_plus_the_readme_ddp_flags_runs_the_strong_recipe_with_its_weight_averaging(workspace):
+    # The README's "any config plus --trainer.devices N --trainer.strategy ddp", on strong.yaml: its Lookahead
+    # (Lightning's WeightAveraging) deep-copies the LightningModule, whose CLI-made optimizer factory held the
+    # LightningCLI and, under DDP, its process group (a crash before the first step until the module shared the
+    # factories with its copy). The optional FreezeWhiteningBias stands aside under DDP (DDP wants every gradient).
+    workspace.run(
+        "fashion-mnist fit --config configs/strong.yaml --model.network.init_args.widths=[8,16,16] "
+        "--trainer.accelerator cpu --trainer.devices 2 --trainer.strategy ddp "
+        "--trainer.callbacks+=fashion_mnist_lightning.speedrun.FreezeWhiteningBias "
+        "--trainer.max_epochs=1 --trainer.limit_train_batches=24 --trainer.limit_val_batches=2 "
+        "--trainer.check_val_every_n_epoch=1 --test_after_fit true --trainer.limit_test_batches=2",
+        env=ENV,
+        timeout=300,
+    )
+    [run] = workspace.runs()
+    saved = torch.load(run / "checkpoints/last.ckpt", weights_only=True)
+    assert saved["averaging_state"]["n_averaged"] > 0 and (run / "confusion_matrix_test.png").is_file()
+
+
 def test_a_stuck_peer_ends_in_an_error_after_the_collective_timeout(workspace):
     env = {**ENV, "PYTHONPATH": str(ROOT / "tests" / "helpers")}
     result = workspace.run(

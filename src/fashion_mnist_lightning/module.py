@@ -1,5 +1,6 @@
 """The LightningModule: one shared step, cross-entropy, torchmetrics, logging, optimizer and schedule."""
 
+import copy
 import warnings
 from typing import Literal
 
@@ -87,6 +88,17 @@ class FashionMNISTClassifier(L.LightningModule):
         for metric in (self.train_loss, self.train_acc, self.val_acc_best):
             metric.persistent(True)  # in the checkpoint: a resumed epoch continues its running values
         self._resumed_schedule_steps: list[int | None] = []
+
+    def __deepcopy__(self, memo: dict) -> "FashionMNISTClassifier":
+        """A copy (``WeightAveraging``'s averaged model) shares the optimizer and scheduler factories instead of
+        copying them: through the CLI they hold LightningCLI itself, with its Trainer and DataModule, and under DDP
+        a process group that cannot be copied at all."""
+        for factory in (self.optimizer_factory, self.scheduler_factory):
+            memo[id(factory)] = factory
+        duplicate = self.__class__.__new__(self.__class__)
+        memo[id(self)] = duplicate
+        duplicate.__setstate__(copy.deepcopy(self.__getstate__(), memo))  # what copy.deepcopy does by default
+        return duplicate
 
     def configure_model(self) -> None:
         if self.channels_last:
