@@ -1,8 +1,9 @@
 """AirNet's CPU training step (batch 512, bf16 autocast, channels_last, Nesterov SGD) with and without the two
 ideas tried for configs/strong.yaml's speed: glibc keeping freed memory (runs/memory.py, used) and a frozen
-whitening bias, so that no gradient flows into the first group's input (not used: seed 0 of strong.yaml with it
-scored 94.74 % at 28 epochs against 94.99 % at 24 with it trained). Each variant runs in its own process (mallopt
-cannot be undone).
+whitening bias, so that no gradient flows into the first group's input (speedrun.FreezeWhiteningBias, opt-in: with
+the bias frozen after 3 of 24 epochs strong.yaml scored 95.02 / 94.87 % on seeds 1 / 2 against 95.13 / 95.09 %
+trained throughout). Each variant runs in its own process (mallopt cannot be undone). The medians of 3 interleaved
+runs move by ~10 % from one invocation to the next on this VM; compare variants within one invocation.
 
 .venv/bin/python benchmarks/step_time.py   -> prints a table, writes benchmarks/results/step_time.json
 """

@@ -1,15 +1,20 @@
-"""configs/strong.yaml at toy size, as users run it: AirNet with its callbacks (whitening from data, lookahead)
-trains well above chance, repeats exactly with its seed, and a run stopped by a signal mid-epoch, after the
-lookahead has started, resumes to the bit-identical end (live weights, averaged weights, optimizer)."""
+"""configs/strong.yaml at toy size, as users run it: AirNet with its callbacks (whitening from data, a whitening
+bias that freezes early, lookahead) trains well above chance, repeats exactly with its seed, and a run stopped by a
+signal mid-epoch, after the lookahead has started and the bias has frozen, resumes to the bit-identical end (live
+weights, averaged weights, optimizer)."""
 
 import shutil
 import signal
 
+import lightning as L
 import pytest
 import torch
+import torch.nn.functional as F
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import finish, progress, same_weights, wait_for, weights
+from fashion_mnist_lightning.network import AirNet
+from fashion_mnist_lightning.speedrun import FreezeWhiteningBias
 
 TINY = (
     "fashion-mnist fit --config configs/strong.yaml --model.network.init_args.widths=[8,16,16] "
@@ -54,3 +59,38 @@ def test_a_strong_run_stopped_mid_epoch_during_lookahead_resumes_bit_identically
 
     workspace.run(f"{TINY} --trainer.max_epochs=2 --ckpt_path last")
     assert same_weights(states(tmp_path / "straight/checkpoints/last.ckpt"), states(run / "checkpoints/last.ckpt"))
+
+
+class Recorder(L.LightningModule):
+    """A tiny AirNet on random images that records its whitening bias and first conv's weights before each step."""
+
+    def __init__(self):
+        super().__init__()
+        self.network = AirNet((8, 16, 16))
+        self.seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def training_step(self, batch, batch_idx):
+        first_conv = next(p for p in self.network.groups.parameters() if p.ndim == 4)
+        self.seen.append((self.network.whiten.bias.detach().clone(), first_conv.detach().clone()))
+        images = torch.rand(16, 1, 28, 28)  # (N, 1, 28, 28)
+        return F.cross_entropy(self.network(images), torch.randint(0, 10, (16,)))
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.9)
+
+    def train_dataloader(self):
+        return torch.utils.data.DataLoader(range(8), batch_size=1)
+
+
+def test_the_whitening_bias_learns_for_the_first_part_of_the_run_then_stays_put():
+    module = Recorder()
+    trainer = L.Trainer(
+        max_epochs=2, callbacks=[FreezeWhiteningBias(until=0.25)], logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False,
+    )  # fmt: skip
+    trainer.fit(module)
+    biases, convs = zip(*module.seen)  # before steps 0..15; the bias learns in steps 0-3 (a quarter of 16)
+    assert all(not torch.equal(a, b) for a, b in zip(biases[:4], biases[1:5]))
+    assert all(torch.equal(biases[4], b) for b in biases[5:])  # momentum included: a frozen bias is left alone
+    assert all(not torch.equal(a, b) for a, b in zip(convs[4:], convs[5:]))  # the rest keeps learning
+    assert not module.network.whiten.bias.requires_grad
