@@ -14,7 +14,7 @@ RECIPES = sorted(p.stem for p in (ROOT / "configs").glob("*.yaml") if p.stem != 
 GPU_ONLY = {"gpu", "gpu_ddp"}
 PRESETS = sorted(p.stem for p in (ROOT / "configs" / "debug").glob("*.yaml"))
 EPOCH = 120  # training batches per epoch: long enough to land a signal inside an epoch
-# validation every epoch: strong.yaml validates every 13th, and two short epochs must still give a best checkpoint
+# validation every epoch: strong.yaml validates every 12th, and two short epochs must still give a best checkpoint
 LIMITS = (
     f"--trainer.max_epochs=2 --trainer.limit_train_batches={EPOCH} --trainer.limit_val_batches=2 "
     "--trainer.check_val_every_n_epoch=1"
