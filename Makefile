@@ -74,7 +74,7 @@ tensorboard: $(INSTALLED) ## serve lightning_logs/ on localhost (PORT=6006) and 
 
 sweep: $(INSTALLED) $(DATA) ## run the Optuna sweep SWEEP (default configs/sweeps/smoke.yaml) with WORKERS processes
 	@pids=(); for i in $$(seq 1 $(WORKERS)); do \
-	  $(BIN)/fashion-mnist sweep --config $(SWEEP) $(ARGS) & pids+=($$!); done; \
+	  $(BIN)/fashion-mnist sweep --config $(SWEEP) --worker $$((i - 1)) $(ARGS) & pids+=($$!); done; \
 	  status=0; for pid in $${pids[@]}; do wait $$pid || status=$$?; done; exit $$status
 
 dashboard: PORT = 8080

@@ -117,12 +117,13 @@ def test_a_trial_that_must_be_pruned_is_pruned_and_its_folder_kept(workspace):
 
 def test_two_workers_share_the_embedded_storage(workspace):
     path = sweep_file(workspace, n_trials=4)
-    workers = [workspace.start(f"fashion-mnist sweep --config {path.name}") for _ in range(2)]
+    # as `make sweep WORKERS=2` starts them: together, numbered
+    workers = [workspace.start(f"fashion-mnist sweep --config {path.name} --worker {i}") for i in range(2)]
     for process, log in workers:
         assert finish(process, log, timeout=900).returncode == 0
     done = trials(workspace, "tiny")
-    assert sum(t.state.name == "COMPLETE" for t in done) >= 4 and not [t for t in done if t.state.name == "RUNNING"]
-    assert len({t.number for t in done}) == len(done)
+    assert [t.state.name for t in done] == ["COMPLETE"] * 4  # n_trials exactly: no worker starts one too many
+    assert len({t.number for t in done}) == len({tuple(sorted(t.params.items())) for t in done}) == 4  # all differ
     pids = {t.user_attrs["pid"] for t in done}
     assert len(pids) == 2  # both workers ran trials
 
@@ -248,11 +249,12 @@ def postgres():
 def test_two_workers_share_a_real_postgresql_study(workspace, postgres):
     path = sweep_file(workspace, n_trials=4)
     command = f"fashion-mnist sweep --config {path.name} --storage {postgres}"
-    workers = [workspace.start(command) for _ in range(2)]
+    workers = [workspace.start(f"{command} --worker {i}") for i in range(2)]
     for process, log in workers:
         assert finish(process, log, timeout=900).returncode == 0
     done = trials(workspace, "tiny", storage=postgres)
-    assert sum(t.state.name == "COMPLETE" for t in done) >= 4 and len({t.user_attrs["pid"] for t in done}) == 2
+    assert [t.state.name for t in done] == ["COMPLETE"] * 4 and len({t.user_attrs["pid"] for t in done}) == 2
+    assert len({tuple(sorted(t.params.items())) for t in done}) == 4
     assert not (workspace.path / "lightning_logs/sweeps/tiny/study.journal").exists()  # the database held it
     assert len(rows(workspace, "tiny")) == len(done)
 

@@ -19,7 +19,8 @@ dotted keys the CLI uses:
 Each trial is the same LightningCLI fit as `fashion-mnist fit` (callbacks, checkpoints, TensorBoard events) in
 lightning_logs/sweeps/<study>/trial_<n>/. Results beside them: trials.csv, plots/*.png, best.yaml (a complete run
 config: `fashion-mnist fit --config best.yaml` retrains the best trial). Running the same command again, or in
-several processes or on several machines sharing the storage, continues the same study.
+several processes or on several machines sharing the storage, continues the same study; workers started together
+take --worker 0, 1, ... (each adds its index to the sampler's seed, so they search different points).
 """
 
 import argparse
@@ -95,6 +96,7 @@ class Sweep:
     pruner: dict = field(default_factory=lambda: {"type": "median"})
     storage: str | None = None
     test: bool = False
+    worker: int = 0  # this worker's index: its sampler's seed is the file's seed + worker
 
     @property
     def folder(self) -> Path:
@@ -140,6 +142,7 @@ def load_sweep(path: Path, flags: argparse.Namespace) -> Sweep:
         pruner=dict(raw.get("pruner") or {"type": "median"}),
         storage=flags.storage or raw.get("storage"),
         test=bool(raw.get("test", False)),
+        worker=flags.worker,
     )
     for config in sweep.configs:
         if not Path(config).is_file():
@@ -194,6 +197,8 @@ def open_study(sweep: Sweep, create: bool = True):
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     storage = make_storage(sweep)
     options = {k: v for k, v in sweep.sampler.items() if k != "type"}  # seed, n_startup_trials, ...
+    if options.get("seed") is not None:  # workers started together would otherwise draw the same points
+        options["seed"] += sweep.worker
     try:
         if sweep.sampler["type"] == "grid":
             sampler = optuna.samplers.GridSampler({p.key: p.choices for p in sweep.space}, **options)
@@ -394,7 +399,8 @@ def optimize(sweep: Sweep) -> None:
         if done >= sweep.n_trials:
             print(f"study {sweep.study_name!r} already has {done} finished trials (n_trials {sweep.n_trials})")
             return
-        callbacks.append(MaxTrialsCallback(sweep.n_trials, states=finished))
+        # the other workers' running trials count too: otherwise each worker starts one more near the end
+        callbacks.append(MaxTrialsCallback(sweep.n_trials, states=(*finished, TrialState.RUNNING)))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.optimize(objective(sweep), timeout=sweep.timeout, callbacks=callbacks, catch=(), gc_after_trial=True)
@@ -529,6 +535,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", required=True, type=Path, help="a sweep file, e.g. configs/sweeps/smoke.yaml")
     parser.add_argument("--n_trials", type=int, help="finished trials the study should have (all workers)")
     parser.add_argument("--timeout", type=float, help="seconds this worker keeps starting trials")
+    parser.add_argument(
+        "--worker", type=int, default=0, help="this worker's index (0, 1, ...): the sampler's seed + index, so "
+        "workers started together search different points (make sweep WORKERS=N numbers them)",
+    )  # fmt: skip
     parser.add_argument("--storage", help="a database URL (postgresql://user@host/db); default: a file in the folder")
     parser.add_argument("--study_name", help="default: the sweep file's study_name, or its file name")
     parser.add_argument("--summary", action="store_true", help="only write and print the results of the study")
