@@ -286,3 +286,12 @@ def test_module_entry_point_matches_the_console_script(workspace):
         timeout=120,
     )
     assert result.returncode == 0 and result.stdout == workspace.run(f"{FAST} --print_config").output
+
+
+def test_help_lists_every_command_and_a_misspelt_one_gets_a_suggestion(workspace):
+    helped = workspace.run("fashion-mnist --help")
+    assert all(command in helped.output for command in ("fit", "predict", "sweep", "report", "export", "crosscheck"))
+    result = workspace.run("fashion-mnist swep --config configs/sweeps/smoke.yaml", expect=2)
+    [line] = result.error.strip().splitlines()
+    assert "unknown command 'swep'" in line and "did you mean 'sweep'" in line, line
+    assert not (workspace.path / "lightning_logs").exists()

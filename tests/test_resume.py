@@ -85,6 +85,24 @@ def test_extending_a_finished_run_with_a_run_length_schedule_is_refused_in_one_l
     assert after == before  # nothing of the run was touched (config.yaml included)
 
 
+def test_resuming_with_another_recipe_is_refused_in_one_line_and_the_named_fix_continues_the_run(workspace):
+    # A seed.yaml run resumed with default.yaml (what `make train RESUME=1` runs): Adam's state and the weights
+    # from one recipe, batch size and flips from another, and the run's config.yaml overwritten with the mix.
+    limits = "--trainer.limit_train_batches=10 --trainer.limit_val_batches=1"
+    workspace.run(f"fashion-mnist fit --config configs/seed.yaml {limits}")
+    run = workspace.runs()[0]
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    result = workspace.run(
+        f"fashion-mnist fit --config configs/default.yaml --trainer.max_epochs=2 {limits} --ckpt_path last", expect=2
+    )
+    [line] = result.error.strip().splitlines()
+    assert "was trained with" in line and f"--config {run.resolve()}/config.yaml" in line, line
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before  # nothing of the run touched
+
+    workspace.run(f"fashion-mnist fit --config {run}/config.yaml --trainer.max_epochs=2 --ckpt_path last")
+    assert torch.load(run / "checkpoints/last.ckpt", weights_only=True)["epoch"] == 1  # the second epoch done
+
+
 def test_extending_a_run_without_a_length_bound_schedule_continues_exactly(workspace, tmp_path):
     """seed.yaml has no schedule: 1 epoch + 1 more equals 2 epochs straight."""
     limits = "--trainer.limit_train_batches=10 --trainer.limit_val_batches=1"

@@ -37,6 +37,7 @@ from fashion_mnist_lightning.runs.checkpoint_io import (
     CheckpointError,
     atomic_write_text,
     check_matches,
+    check_same_recipe,
     read_checkpoint,
 )
 from fashion_mnist_lightning.runs.folders import (
@@ -129,7 +130,11 @@ class FashionMNISTCLI(LightningCLI):
             save_config_callback=RunConfig,
             save_config_kwargs={"save_to_log_dir": False},
             trainer_defaults={"plugins": [ATOMIC_CHECKPOINTS]},  # shown by --print_config; a config may replace it
-            parser_kwargs={"exit_on_error": False, **{name: dict(per_subcommand) for name in SUBCOMMANDS}},
+            parser_kwargs={
+                "exit_on_error": False,
+                "epilog": f"more commands: {', '.join(TOOLS)} (fashion-mnist COMMAND --help)",
+                **{name: dict(per_subcommand) for name in SUBCOMMANDS},
+            },
             args=args,
         )
 
@@ -293,7 +298,10 @@ class FashionMNISTCLI(LightningCLI):
                 callback.config = self.recipe
         ckpt = self.config[self.subcommand].get("ckpt_path")
         if ckpt and Path(ckpt).is_file():
-            check_matches(ckpt, read_checkpoint(ckpt)["state_dict"], self.model)
+            checkpoint = read_checkpoint(ckpt)
+            check_matches(ckpt, checkpoint["state_dict"], self.model)
+            if self.subcommand == "fit":  # a resume continues the checkpoint's own recipe
+                check_same_recipe(ckpt, checkpoint, dict(self.model.hparams), dict(self.datamodule.hparams))
         if self.subcommand == "fit":
             check_optimizer(self.model)
         resuming = self.subcommand == "fit" and self.resumed_run is not None and rank_zero_only.rank == 0
@@ -453,6 +461,11 @@ def main(argv: list[str] | None = None) -> int:
         from importlib import import_module
 
         return import_module(TOOLS[words[0]]).main(words[1:])
+    if words and not words[0].startswith("-") and words[0] not in SUBCOMMANDS:
+        commands = [*SUBCOMMANDS, *TOOLS]
+        guess = difflib.get_close_matches(words[0], commands, n=1)
+        hint = f" (did you mean {guess[0]!r}?)" if guess else ""
+        return fail(f"unknown command {words[0]!r}{hint}; the commands are {', '.join(commands)}", 2)
     finished = False
     try:
         FashionMNISTCLI(args=argv)  # None: LightningCLI reads sys.argv itself
@@ -464,7 +477,8 @@ def main(argv: list[str] | None = None) -> int:
     except NonFiniteLossError as err:
         return fail(err, 1)
     except TrainingInterrupted as err:
-        print(f"\nstopped: {err}", file=sys.stderr, flush=True)
+        if rank_zero_only.rank == 0:  # under DDP every process stops alike: one line for the user
+            print(f"\nstopped: {err}", file=sys.stderr, flush=True)
         return 128 + err.signum
     except OSError as err:
         return fail(

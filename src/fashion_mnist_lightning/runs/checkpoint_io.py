@@ -129,6 +129,43 @@ def check_matches(path: str | os.PathLike, state: dict[str, torch.Tensor], model
     )
 
 
+# What a resumed fit may set differently from its checkpoint: where the data lives and how it is loaded or
+# evaluated, not what is trained (Lightning's "_instantiator" is bookkeeping).
+RESUME_MAY_CHANGE = {"data_dir", "download", "data_on_device", "eval_batch_size", "predict_dir", "compile"}
+
+
+def check_same_recipe(path: str | os.PathLike, checkpoint: dict, model: dict, data: dict) -> None:
+    """Fail in one line when ``fit --ckpt_path`` would continue a checkpoint with another recipe (network,
+    optimizer, schedule, batch size, augmentation, ...): the weights and optimizer state would come from one run
+    and everything else from another. ``model`` / ``data``: the command's hyper-parameters."""
+    for prefix, saved, now in (
+        ("model", checkpoint.get("hyper_parameters"), model),
+        ("data", checkpoint.get("datamodule_hyper_parameters"), data),
+    ):
+        if not isinstance(saved, dict):
+            continue  # a checkpoint from plain Python (no CLI): nothing recorded to compare
+        keys = sorted((saved.keys() | now.keys()) - RESUME_MAY_CHANGE - {"_instantiator"})
+        for key, before, after in (d for k in keys if (d := first_difference(k, saved.get(k), now.get(k)))):
+            config = run_folder(path) / "config.yaml"
+            fix = f"--config {config}" if config.is_file() else "the config it was trained with"
+            raise CheckpointError(
+                f"{path} was trained with {prefix}.{key}={before!r} but this command sets {after!r}; to continue "
+                f"that run pass {fix} --ckpt_path {path}; for the new recipe start a new run (no --ckpt_path)"
+            )
+
+
+def first_difference(key: str, a: Any, b: Any) -> tuple[str, Any, Any] | None:
+    """The first dotted key below ``key`` where ``a`` and ``b`` (nested dicts of config values) differ."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for sub in sorted(a.keys() | b.keys()):
+            found = first_difference(f"{key}.{sub}", a.get(sub), b.get(sub))
+            if found:
+                return found
+        return None
+    same = list(a) == list(b) if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) else a == b
+    return None if same else (key, a, b)
+
+
 def run_folder(path: str | os.PathLike) -> Path:
     """lightning_logs/version_N for lightning_logs/version_N/checkpoints/x.ckpt; else the checkpoint's folder."""
     folder = Path(path).resolve().parent

@@ -25,7 +25,7 @@ class TrainingInterrupted(Exception):
         self.signum, self.path = signum, path
         super().__init__(
             f"{signal.Signals(signum).name} received: saved {position} to {path}; continue exactly "
-            "there with the same command plus --ckpt_path last (make train RESUME=1)"
+            "there with the same command plus --ckpt_path last (make: the same make command plus RESUME=1)"
         )
 
 
