@@ -61,7 +61,8 @@ def test_a_signal_mid_epoch_checkpoints_and_the_resume_ends_identically_curves_i
     done = torch.load(run / "checkpoints/last.ckpt", weights_only=True)["global_step"]
     assert 20 <= done < 120, done  # stopped inside epoch 0
 
-    workspace.run(f"{FAST} {RANDOM} {LONG} --trainer.max_epochs=2 --ckpt_path last")
+    resumed = workspace.run(f"{FAST} {RANDOM} {LONG} --trainer.max_epochs=2 --ckpt_path last")
+    assert "unreliable results" not in resumed.output  # Lightning's warning does not apply: the resume is exact
     assert [p.name for p in workspace.runs()] == ["version_0"]
     assert same_weights(weights(tmp_path / "straight/checkpoints/last.ckpt"), weights(run / "checkpoints/last.ckpt"))
     # the interrupted epoch's train/acc and train/loss_epoch cover all its batches, as in the straight run
@@ -81,6 +82,7 @@ def test_extending_a_finished_run_with_a_run_length_schedule_is_refused_in_one_l
         expect=2,
     )
     assert "OneCycleLR schedule was built for 10 steps" in result.error and "max_epochs" in result.error
+    assert f"--config {run.resolve()}/config.yaml" in result.error  # the run's own recipe, ready to paste
     after = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
     assert after == before  # nothing of the run was touched (config.yaml included)
 

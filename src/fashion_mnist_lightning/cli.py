@@ -431,6 +431,9 @@ def quiet_library_noise() -> None:
     )
     # Lightning 2.6's own use of torch's pytree API; nothing a user can change.
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated")
+    # A mid-epoch resume is exact here: the DataModule's checkpoint state puts the sampler back at its batch
+    # (datamodule.py, tests/test_resume.py), which Lightning's check for a stateful DataLoader cannot see.
+    warnings.filterwarnings("ignore", message=r"You're resuming from a checkpoint that ended before the epoch ended")
     # --ckpt_path last writes into the run's own, non-empty checkpoint folder on purpose.
     warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
     # "`Trainer.fit` stopped: `max_epochs=18` reached." says what the user asked for, and lands glued to the

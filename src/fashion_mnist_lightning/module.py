@@ -14,6 +14,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from fashion_mnist_lightning.data.augment import shift
 from fashion_mnist_lightning.network import SeedCNN
+from fashion_mnist_lightning.runs.folders import run_of
 
 NUM_CLASSES = 10
 NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.GroupNorm, nn.LayerNorm)
@@ -215,9 +216,10 @@ class FashionMNISTClassifier(L.LightningModule):
         planned = next((s for s in self._resumed_schedule_steps if s is not None), None)
         self._resumed_schedule_steps = []
         if planned is not None and planned != total_steps:
+            run = run_of(self.trainer.ckpt_path) if self._trainer is not None and self.trainer.ckpt_path else None
             raise ScheduleLengthError(
                 f"this run's {name} schedule was built for {planned} steps, the resumed run would take {total_steps}: "
                 "a schedule sized to its run cannot be extended. Resume with the run's own --trainer.max_epochs, "
                 "or start a new run with the new length: "
-                "fashion-mnist fit --config <run folder>/config.yaml --trainer.max_epochs N"
+                f"fashion-mnist fit --config {run or '<run folder>'}/config.yaml --trainer.max_epochs N"
             )
