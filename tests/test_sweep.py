@@ -291,7 +291,7 @@ def test_every_shipped_sweep_file_is_valid_and_its_first_point_trains(workspace,
     from fashion_mnist_lightning.sweep import load_sweep, preflight
 
     monkeypatch.chdir(workspace.path)
-    flags = argparse.Namespace(n_trials=None, timeout=None, storage=None, study_name=None)
+    flags = argparse.Namespace(n_trials=None, timeout=None, storage=None, study_name=None, worker=0)
     sweep = load_sweep(Path("configs/sweeps") / name, flags)
     assert sweep.space and sweep.metric == "val/acc"
     preflight(sweep)  # one batch of the first point of the space: every key exists, the objective is logged
