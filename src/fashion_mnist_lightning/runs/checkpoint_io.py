@@ -122,10 +122,8 @@ def check_matches(path: str | os.PathLike, state: dict[str, torch.Tensor], model
         for what, keys in (("missing", missing), ("unexpected", unexpected), ("other shape", reshaped))
         if keys
     )
-    config = run_folder(path) / "config.yaml"
-    fix = f"--config {config}" if config.is_file() else "the config it was trained with"
     raise CheckpointError(
-        f"{path} holds a different network than the config's {type(model).__name__} ({detail}); pass {fix}"
+        f"{path} holds a different network than the config's {type(model).__name__} ({detail}); pass {own_recipe(path)}"
     )
 
 
@@ -146,11 +144,10 @@ def check_same_recipe(path: str | os.PathLike, checkpoint: dict, model: dict, da
             continue  # a checkpoint from plain Python (no CLI): nothing recorded to compare
         keys = sorted((saved.keys() | now.keys()) - RESUME_MAY_CHANGE - {"_instantiator"})
         for key, before, after in (d for k in keys if (d := first_difference(k, saved.get(k), now.get(k)))):
-            config = run_folder(path) / "config.yaml"
-            fix = f"--config {config}" if config.is_file() else "the config it was trained with"
             raise CheckpointError(
                 f"{path} was trained with {prefix}.{key}={before!r} but this command sets {after!r}; to continue "
-                f"that run pass {fix} --ckpt_path {path}; for the new recipe start a new run (no --ckpt_path)"
+                f"that run pass {own_recipe(path)} --ckpt_path {path}; for the new recipe start a new run "
+                "(no --ckpt_path)"
             )
 
 
@@ -164,6 +161,12 @@ def first_difference(key: str, a: Any, b: Any) -> tuple[str, Any, Any] | None:
         return None
     same = list(a) == list(b) if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) else a == b
     return None if same else (key, a, b)
+
+
+def own_recipe(path: str | os.PathLike) -> str:
+    """How to name the config a checkpoint was trained with: ``--config <run>/config.yaml`` when it exists."""
+    config = run_folder(path) / "config.yaml"
+    return f"--config {config}" if config.is_file() else "the config it was trained with"
 
 
 def run_folder(path: str | os.PathLike) -> Path:
