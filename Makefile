@@ -24,7 +24,7 @@ FORMAT ?= onnx
 
 .DEFAULT_GOAL := help
 .PHONY: help install lock data train test test-fast lint tensorboard sweep dashboard bench crosscheck \
-	reference-demo predict export report clean
+	reference-demo predict export report rename clean
 
 help: ## list the targets, one line each
 	@grep -E '^[a-z][a-z-]*:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -98,6 +98,9 @@ export: $(INSTALLED) ## export CKPT (default best) as FORMAT=onnx|pt2|torchscrip
 
 report: $(INSTALLED) $(DATA) ## curves, confusion matrices, per-class table, confident mistakes -> <run>/report/ (CKPT=...)
 	$(BIN)/fashion-mnist report --ckpt_path $(CKPT) --data_dir $(DATA_DIR)
+
+rename: ## make the template your project: NAME=my_project renames the package, the distribution and the command
+	$(PYTHON) scripts/rename.py $(NAME)
 
 clean: ## remove caches and build files (keeps .venv, data/ and lightning_logs/)
 	rm -rf .pytest_cache .ruff_cache build dist src/*.egg-info

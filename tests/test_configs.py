@@ -9,6 +9,7 @@ import torch
 import yaml
 
 from conftest import ROOT, finish, progress, wait_for
+from helpers.photos import write_photo_folder
 
 RECIPES = sorted(p.stem for p in (ROOT / "configs").glob("*.yaml") if p.stem != "base")
 GPU_ONLY = {"gpu", "gpu_ddp"}
@@ -23,7 +24,7 @@ EVAL_LIMITS = "--trainer.limit_val_batches=2 --trainer.limit_test_batches=2 --tr
 
 
 def test_the_recipe_list_is_what_the_readme_promises():
-    assert RECIPES == ["ddp_cpu", "default", "fast", "gpu", "gpu_ddp", "seed", "strong"]
+    assert RECIPES == ["ddp_cpu", "default", "fast", "folder", "gpu", "gpu_ddp", "seed", "strong"]
     assert PRESETS == ["anomaly", "early_stopping", "limit", "overfit", "profiler"]
 
 
@@ -45,6 +46,10 @@ def test_every_config_through_fit_interrupt_resume_evaluate_report_export(worksp
     env = {"OMP_NUM_THREADS": "1"} if "ddp" in name else None
     config = f"--config configs/{name}.yaml"
     cpu = ""
+    if name == "folder":  # the user's photos where folder.yaml looks for them, the caches in the clone's own data/
+        write_photo_folder(workspace.path / "photos", per_class=1000, size=(40, 48), fmt="mixed")
+        (workspace.path / "data").unlink()
+        (workspace.path / "data").mkdir()
     if name in GPU_ONLY:
         result = workspace.run(f"fashion-mnist fit {config}", expect=2, env=env)
         assert "--trainer.accelerator cpu" in result.error and not (workspace.path / "lightning_logs").exists()
@@ -59,9 +64,10 @@ def test_every_config_through_fit_interrupt_resume_evaluate_report_export(worksp
     steps = torch.load(run / "checkpoints/last.ckpt", weights_only=True)["global_step"]
     recipe = yaml.safe_load((ROOT / "configs" / f"{name}.yaml").read_text())
     processes = recipe.get("trainer", {}).get("devices", 1)
-    training_images = 60_000 - yaml.safe_load((run / "config.yaml").read_text())["data"]["val_size"]
+    data = yaml.safe_load((run / "config.yaml").read_text())["data"]["init_args"]
+    training_images = 3000 - 600 if name == "folder" else 60_000 - data["val_size"]  # folder: 10 % val, 10 % test
     per_process = -(-training_images // processes)  # each process's share of the training images
-    total = 2 * min(EPOCH, -(-per_process // recipe.get("data", {}).get("batch_size", 256)))
+    total = 2 * min(EPOCH, -(-per_process // data["batch_size"]))
     assert 0 < steps < total, (steps, total)
 
     workspace.run(f"fashion-mnist fit {config} {cpu} {LIMITS} --ckpt_path last", env=env, timeout=600)

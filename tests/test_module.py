@@ -128,12 +128,12 @@ def test_flip_tta_is_the_mean_of_the_two_views_in_evaluation_and_off_in_training
     with torch.no_grad():
         expected = (model(images) + model(images.flip(-1))) / 2
         assert torch.allclose(model.evaluate(images), expected)
-        _, preds, _ = model.model_step((images, torch.zeros(6, dtype=torch.long)))
-        assert torch.equal(preds, expected.argmax(1))
+        _, logits, _ = model.model_step((images, torch.zeros(6, dtype=torch.long)))
+        assert torch.equal(logits.argmax(1), expected.argmax(1))
         model.train()
         model.network.eval()  # no dropout/BN noise: only the TTA switch differs
-        _, train_preds, _ = model.model_step((images, torch.zeros(6, dtype=torch.long)))
-        assert torch.equal(train_preds, model(images).argmax(1))  # training: the plain view only
+        _, train_logits, _ = model.model_step((images, torch.zeros(6, dtype=torch.long)))
+        assert torch.equal(train_logits.argmax(1), model(images).argmax(1))  # training: the plain view only
 
 
 def test_training_metrics_are_in_the_checkpoint_state():

@@ -32,8 +32,8 @@ def test_seed_cnn_matches_the_article_layer_for_layer():
 
 def test_normalisation_lives_in_the_state_dict():
     state = SeedCNN().state_dict()
-    assert state["normalize.mean"].item() == pytest.approx(TRAIN_MEAN)
-    assert state["normalize.std"].item() == pytest.approx(TRAIN_STD)
+    assert state["normalize.mean"].flatten().tolist() == pytest.approx(TRAIN_MEAN)
+    assert state["normalize.std"].flatten().tolist() == pytest.approx(TRAIN_STD)
 
 
 def test_normalisation_is_applied_inside_forward():
@@ -46,7 +46,9 @@ def test_normalisation_is_applied_inside_forward():
                     net.fc1(
                         torch.max_pool2d(
                             torch.relu(
-                                net.conv2(torch.max_pool2d(torch.relu(net.conv1((images - TRAIN_MEAN) / TRAIN_STD)), 2))
+                                net.conv2(
+                                    torch.max_pool2d(torch.relu(net.conv1((images - TRAIN_MEAN[0]) / TRAIN_STD[0])), 2)
+                                )
                             ),
                             2,
                         ).flatten(1)
@@ -80,3 +82,27 @@ def test_airnet_starts_as_identity_convolutions_and_batchnorm_without_scale():
     kernel = group.conv1.weight  # (16, 8, 3, 3): dirac on the first 8 output channels
     assert torch.equal(kernel[:8, :, 1, 1], torch.eye(8)) and kernel[:8].abs().sum() == 8
     assert not group.norm1.weight.requires_grad and group.norm1.momentum == 0.4
+
+
+def test_a_checkpoint_with_scalar_statistics_loads_into_the_per_channel_buffers():
+    """Checkpoints from before per-channel normalisation stored mean and std as scalars; they load unchanged."""
+    state = SeedCNN().state_dict()
+    state["normalize.mean"], state["normalize.std"] = torch.tensor(0.3), torch.tensor(0.4)
+    network = SeedCNN()
+    network.load_state_dict(state)
+    assert network.normalize.mean.flatten().tolist() == pytest.approx([0.3])
+    assert network.normalize.std.flatten().tolist() == pytest.approx([0.4])
+
+
+@pytest.mark.parametrize("network_class", [SeedCNN, VGGNet, AirNet])
+@pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32), (3, 40, 48)])
+def test_every_network_takes_its_shape_and_class_count_from_arguments(network_class, shape):
+    channels, height, width = shape
+    arguments = dict(num_classes=3, in_channels=channels, mean=(0.5,) * channels, std=(0.25,) * channels)
+    if network_class is not AirNet:  # global pooling: AirNet needs no image size
+        arguments["image_size"] = (height, width)
+    network = network_class(**arguments).eval()
+    images = torch.rand(4, *shape)
+    if network_class is AirNet:
+        network.init_from_data(images)
+    assert network(images).shape == (4, 3)

@@ -15,10 +15,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from conftest import FASHION_MNIST, REAL_DATA_DIR, ROOT, Workspace
-from fashion_mnist_lightning.data.files import load_cache
+from fashion_mnist_lightning.data.files import CACHE_NAME, load_cache
+from helpers.photos import write_photo_folder
 from test_lock import assert_lock_matches
 
 README = ROOT / "README.md"
@@ -31,6 +33,7 @@ FIT_LIMITS = [
 EVAL_LIMITS = ["--trainer.limit_val_batches=2", "--trainer.limit_test_batches=2", "--trainer.limit_predict_batches=2"]
 SERVERS = {"tensorboard": "/data/runs", "dashboard": "/api/studies"}  # make target -> a URL path it answers
 THE_SUITE = {"test", "test-fast"}  # the targets that run this very suite: never from inside it
+ELSEWHERE = {"rename": "tests/test_rename.py"}  # targets that change the clone itself: run as written in a copy there
 # `make test` distributes whole files (pytest-xdist's loadfile): these tests run on one worker, in README order,
 # in one clone. (loadgroup's xdist_group mark does not hold with pytest 9 and xdist 3.8: the group gets split.)
 
@@ -40,6 +43,12 @@ def readme_commands() -> list[str]:
     blocks = re.findall(r"```bash\n(.*?)```", README.read_text(), re.DOTALL)
     lines = (line.split(" #")[0].strip() for block in blocks for line in block.splitlines())
     return [line for line in lines if line and not line.startswith("#")]
+
+
+def readme_files() -> dict[str, str]:
+    """The files the README asks a user to write: ```python blocks whose first line is `# <name>.py`."""
+    blocks = re.findall(r"```python\n# (\S+\.py)\n(.*?)```", README.read_text(), re.DOTALL)
+    return dict(blocks)
 
 
 def make_targets() -> list[str]:
@@ -59,7 +68,11 @@ class Clone(Workspace):
             shutil.copytree(ROOT / name, path / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
         for name in (".venv", "configs", "tests"):
             (path / name).symlink_to(ROOT / name)
-        (path / "data").symlink_to(REAL_DATA_DIR)
+        (path / "data").mkdir()  # the clone's own: caches of the user's photos land here
+        (path / "data" / CACHE_NAME).symlink_to(REAL_DATA_DIR / CACHE_NAME)
+        write_photo_folder(path / "photos", per_class=30, size=(40, 48), fmt="mixed")  # README "Make it yours"
+        for name, text in readme_files().items():
+            (path / name).write_text(text)
         stamp = ROOT / ".venv/.installed"
         assert stamp.exists() and all(
             stamp.stat().st_mtime >= (ROOT / name).stat().st_mtime for name in ("pyproject.toml", "requirements.lock")
@@ -128,6 +141,9 @@ def run_command(clone: Clone, command: str) -> None:
     words = shlex.split(command)
     if words[0] == "make" and words[1] in THE_SUITE:
         return  # this suite is what `make test` runs (see test_the_suite_targets_are_what_ci_runs)
+    if words[0] == "make" and words[1] in ELSEWHERE:
+        assert command in (ROOT / ELSEWHERE[words[1]]).read_text()  # run there, as written, in a copy of its own
+        return
     if words[0] == "make" and words[1] in SERVERS:
         port = free_port()
         serve(clone, [*words, f"PORT={port}"], SERVERS[words[1]], port)
@@ -146,6 +162,17 @@ def run_command(clone: Clone, command: str) -> None:
 
 def check_promise(clone: Clone, words: list[str], output: str) -> None:
     """What the README promises for some commands, beyond exit 0 and no traceback."""
+    if words[:2] == ["fashion-mnist", "fit"] and any(w.startswith(("my_", "photos")) or "metrics" in w for w in words):
+        run = clone.runs()[-1]  # README "Make it yours": the run trained what the command named
+        saved = torch.load(run / "checkpoints/last.ckpt", weights_only=True)
+        if "my_net.TinyNet" in words:
+            assert saved["hyper_parameters"]["network"]["class_path"] == "my_net.TinyNet"
+        if "my_data.NoisySquares" in words:
+            assert saved["hyper_parameters"]["class_names"] == ["dark", "light"]
+        if "photos" in words:
+            assert saved["hyper_parameters"]["class_names"] == ["circle", "square", "triangle"]
+        if any("f1_macro" in w for w in words):
+            assert re.search(r"^test f1_macro: 0\.\d{4}$", output, re.MULTILINE)
     if words[:2] == ["make", "train"]:
         assert "test accuracy:" in output and "best checkpoint:" in output
     if words[:2] == ["make", "help"]:
@@ -178,6 +205,10 @@ def test_every_make_target_is_in_the_readme():
     shown = {shlex.split(c)[1] for c in COMMANDS if c.startswith("make ")} | {"help"}
     missing = [t for t in make_targets() if t not in shown]
     assert not missing, f"make targets the README does not show (so no test runs them): {missing}"
+
+
+def test_the_files_the_readme_asks_for_are_found():
+    assert set(readme_files()) == {"my_net.py", "my_data.py"}
 
 
 def test_the_suite_targets_are_what_ci_runs():

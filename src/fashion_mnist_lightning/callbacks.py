@@ -52,12 +52,13 @@ class ConfusionMatrixLogger(Callback):
     the run folder.
     """
 
-    def __init__(self, num_classes: int = 10):
-        self.confusion = MulticlassConfusionMatrix(num_classes=num_classes)
+    def __init__(self):
+        self.confusion: MulticlassConfusionMatrix | None = None  # sized by the model's classes in setup
         self.test_images = 0  # images in the last test confusion matrix
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        self.confusion = self.confusion.to(pl_module.device)
+        num_classes = len(pl_module.class_names)  # linked from the DataModule by the CLI
+        self.confusion = MulticlassConfusionMatrix(num_classes=num_classes).to(pl_module.device)
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.confusion.reset()
@@ -123,10 +124,10 @@ class SamplePredictionsLogger(Callback):
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int, dataloader_idx: int = 0):
         if batch_idx or dataloader_idx or trainer.sanity_checking or not trainer.is_global_zero:
             return
-        images, labels = batch[0][: self.count], batch[1][: self.count]  # (K, 1, 28, 28) in [0, 1], (K,)
-        probabilities = pl_module.evaluate(images).float().softmax(dim=1)  # (K, 10); eval mode, no grad here
+        images, labels = batch[0][: self.count], batch[1][: self.count]  # (K, C, H, W) in [0, 1], (K,)
+        probabilities = pl_module.evaluate(images).float().softmax(dim=1)  # (K, classes); eval mode, no grad here
         confidence, predicted = probabilities.max(dim=1)
-        self._sample = [t.cpu().numpy() for t in (images[:, 0].float(), labels, predicted, confidence)]
+        self._sample = [t.cpu().numpy() for t in (images.float(), labels, predicted, confidence)]
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._sample is None or not trainer.is_global_zero:
@@ -170,10 +171,16 @@ class RunSummaryLogger(Callback):
             self._declare(trainer, pl_module)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._log_final(trainer)
+        self._log_final(trainer, pl_module)
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._log_final(trainer)
+        self._log_final(trainer, pl_module)
+
+    @classmethod
+    def final_metrics(cls, pl_module: L.LightningModule) -> dict[str, str]:
+        """Logged key -> HPARAMS key: the fixed ones and the model's own extra metrics (``model.metrics``)."""
+        extra = getattr(pl_module, "metric_names", [])
+        return {**cls.FINAL, **{f"{stage}/{name}": f"hp/{stage}_{name}" for stage in ("val", "test") for name in extra}}
 
     def _declare(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         run = {"max_epochs": trainer.max_epochs, "precision": str(trainer.precision), "world_size": trainer.world_size}
@@ -182,14 +189,16 @@ class RunSummaryLogger(Callback):
             params["data"] = dict(trainer.datamodule.hparams)
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):  # the only logger whose hparams take metrics
-                logger.log_hyperparams(params, metrics=dict.fromkeys(self.FINAL.values(), 0.0), step=0)
+                logger.log_hyperparams(
+                    params, metrics=dict.fromkeys(self.final_metrics(pl_module).values(), 0.0), step=0
+                )
             else:
                 logger.log_hyperparams(params)
 
-    def _log_final(self, trainer: L.Trainer) -> None:
+    def _log_final(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         metrics = {
             hp: float(trainer.callback_metrics[key])
-            for key, hp in self.FINAL.items()
+            for key, hp in self.final_metrics(pl_module).items()
             if key in trainer.callback_metrics
         }  # every process: reading the metrics may sync them
         if trainer.is_global_zero and metrics:
@@ -227,18 +236,20 @@ class PredictionCSV(BasePredictionWriter):
         self.output = output
 
     def write_on_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, predictions, batch_indices):
-        probabilities = torch.cat(predictions).float()  # (n, 10): this process's share
+        probabilities = torch.cat(predictions).float()  # (n, classes): this process's share
         batches = batch_indices[0]  # one list per dataloader (there is one), each a list of per-batch indices
         indices = torch.tensor([i for batch in batches for i in batch], device=probabilities.device)  # (n,)
         if trainer.world_size > 1:  # every process: gather the shares, then rank 0 puts them in file order
             probabilities, indices = gather_shares(pl_module, probabilities, indices)
         if not trainer.is_global_zero:
             return
-        datamodule = trainer.datamodule
-        ordered = torch.empty(len(datamodule.predict_names), probabilities.shape[1])
-        ordered[indices.cpu()] = probabilities.cpu()  # (N, 10) in file order (DDP padding repeats rows)
+        count = int(indices.max()) + 1 if len(indices) else 0
+        names = getattr(trainer.datamodule, "predict_names", None) or [str(i) for i in range(count)]  # a DataModule
+        skipped = getattr(trainer.datamodule, "predict_skipped", {})  # of your own may name its images, or not
+        ordered = torch.empty(len(names), probabilities.shape[1])
+        ordered[indices.cpu()] = probabilities.cpu()  # (N, classes) in file order (DDP padding repeats rows)
         path = Path(self.output) if self.output else run_dir(trainer) / "predictions.csv"
-        text = predictions_csv(datamodule.predict_names, ordered, pl_module.class_names, datamodule.predict_skipped)
+        text = predictions_csv(names, ordered, pl_module.class_names, skipped)
         atomic_write(path, lambda f: f.write(text.encode("utf-8", errors="backslashreplace")))
         print(f"predictions for {len(ordered):,} images: {path}", file=sys.stderr, flush=True)
 

@@ -15,12 +15,14 @@ and ``after_fit``. What the template adds on top of stock LightningCLI:
 
 import difflib
 import logging
+import os
 import re
 import sys
 import warnings
 from argparse import ArgumentError
 from pathlib import Path
 
+import lightning as L
 import torch
 from jsonargparse import Namespace
 from lightning.fabric.utilities.rank_zero import rank_zero_only
@@ -31,12 +33,12 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from fashion_mnist_lightning.callbacks import ConfusionMatrixLogger, PredictionCSV
 from fashion_mnist_lightning.data.files import DataError
-from fashion_mnist_lightning.datamodule import FashionMNISTDataModule
 from fashion_mnist_lightning.module import FashionMNISTClassifier, ScheduleLengthError
 from fashion_mnist_lightning.runs.checkpoint_io import (
     CheckpointError,
     atomic_write_text,
     check_matches,
+    check_same_classes,
     check_same_recipe,
     read_checkpoint,
 )
@@ -78,6 +80,15 @@ BATCH_LIMITS = (
     "overfit_batches",
 )  # int = batches, float = fraction; the default is all of them
 ATOMIC_CHECKPOINTS = {"class_path": "fashion_mnist_lightning.runs.checkpoint_io.AtomicCheckpointIO"}
+
+
+NETWORK_LINKS = {  # network __init__ argument <- the DataModule
+    "num_classes": lambda data: len(data.class_names),
+    "in_channels": lambda data: data.image_shape[0],
+    "image_size": lambda data: tuple(data.image_shape[1:]),
+    "mean": lambda data: tuple(getattr(data, "mean", None) or (0.0,) * data.image_shape[0]),
+    "std": lambda data: tuple(getattr(data, "std", None) or (1.0,) * data.image_shape[0]),
+}
 
 
 class ConfigError(ValueError):
@@ -126,7 +137,8 @@ class FashionMNISTCLI(LightningCLI):
         per_subcommand = {"default_config_files": [str(BASE_CONFIG)], "exit_on_error": False}
         super().__init__(
             FashionMNISTClassifier,
-            FashionMNISTDataModule,
+            L.LightningDataModule,  # any DataModule by class path (base.yaml: Fashion-MNIST), --data my.DataModule
+            subclass_mode_data=True,
             save_config_callback=RunConfig,
             save_config_kwargs={"save_to_log_dir": False},
             trainer_defaults={"plugins": [ATOMIC_CHECKPOINTS]},  # shown by --print_config; a config may replace it
@@ -151,7 +163,14 @@ class FashionMNISTCLI(LightningCLI):
             default=50,
             help="steps between progress-bar updates (a refresh per step costs more than a step)",
         )
+        # What the data set knows flows into the model and its network (a network takes whichever of these its
+        # __init__ has; README "Make it yours" states the DataModule's side of the contract).
         parser.link_arguments("data.class_names", "model.class_names", apply_on="instantiate")
+        parser.link_arguments("data.image_shape", "model.image_shape", apply_on="instantiate")
+        for target, compute in NETWORK_LINKS.items():
+            parser.link_arguments(
+                "data", f"model.network.init_args.{target}", compute_fn=compute, apply_on="instantiate"
+            )
 
     # ------------------------------------------------------------------------------------------------
     # parsing: one-line errors, and --ckpt_path resolved before Lightning reads the checkpoint's hparams
@@ -299,6 +318,7 @@ class FashionMNISTCLI(LightningCLI):
         ckpt = self.config[self.subcommand].get("ckpt_path")
         if ckpt and Path(ckpt).is_file():
             checkpoint = read_checkpoint(ckpt)
+            check_same_classes(ckpt, checkpoint, self.model.class_names, type(self.datamodule).__name__)
             check_matches(ckpt, checkpoint["state_dict"], self.model)
             if self.subcommand == "fit":  # a resume continues the checkpoint's own recipe
                 check_same_recipe(ckpt, checkpoint, dict(self.model.hparams), dict(self.datamodule.hparams))
@@ -323,6 +343,7 @@ class FashionMNISTCLI(LightningCLI):
                 best,
                 confusion.test_images if confusion else None,
                 isinstance(self.trainer.logger, TensorBoardLogger),
+                self.model.metric_names,
             )
 
 
@@ -352,12 +373,15 @@ def first_line(err: BaseException) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
-def print_summary(run: Path, metrics: dict, best: str, images: int | None, tensorboard: bool = True) -> None:
+def print_summary(
+    run: Path, metrics: dict, best: str, images: int | None, tensorboard: bool = True, extra: list[str] = ()
+) -> None:
     lines = [
         "",
         f"test accuracy: {100 * float(metrics.get('test/acc', float('nan'))):.2f} % "
         f"(test loss {float(metrics.get('test/loss', float('nan'))):.4f})"
         + (f" on {images:,} test images" if images else ""),
+        *(f"test {name}: {float(metrics.get(f'test/{name}', float('nan'))):.4f}" for name in extra),
         f"best checkpoint: {best or '(none saved)'}",
         f"run folder{' (TensorBoard: make tensorboard)' if tensorboard else ''}: {run}",
         f"confusion matrices: {run / 'confusion_matrix_test.png'}, {run / 'confusion_matrix_test_normalized.png'}",
@@ -459,6 +483,8 @@ USER_ERRORS = (ConfigError, DataError, ResumeError, CheckpointError, ScheduleLen
 def main(argv: list[str] | None = None) -> int:
     quiet_library_noise()
     keep_freed_memory()  # no page faults for the tensors every step frees and allocates again
+    if os.getcwd() not in sys.path:  # your network or DataModule in the folder you run from is found by its class
+        sys.path.insert(0, os.getcwd())  # path (my_net.MyNet), as `python -m` would find it
     words = sys.argv[1:] if argv is None else argv
     if words and words[0] in TOOLS:
         from importlib import import_module

@@ -1,4 +1,17 @@
-"""FashionMNISTDataModule: the verified uint8 data set in memory, batched by index, floats only on the device."""
+"""The in-memory image DataModule (the template's fast path) and Fashion-MNIST on it.
+
+What every DataModule publishes for the rest of the template (the CLI links it into the model, the network and
+the callbacks; README "Make it yours" states the contract):
+
+    class_names   list[str]              one per class, in label order (their count is the number of logits)
+    image_shape   tuple[int, int, int]   (C, H, W) of the images a batch holds
+    mean, std     tuple[float, ...]      optional: per-channel statistics on the [0, 1] scale, for the network's
+                                         normalisation (without them: mean 0, std 1, i.e. none)
+
+``InMemoryImages`` keeps a whole data set as uint8 tensors; a batch is an index into them, floats and augmentation
+happen on the device (``on_after_batch_transfer``), the shuffle knows where it is inside an epoch (exact mid-epoch
+resume) and under DDP each process takes its share. A data set plugs in by ``load_splits()``.
+"""
 
 import sys
 from pathlib import Path
@@ -12,32 +25,34 @@ from fashion_mnist_lightning.data.files import CLASS_NAMES, DataError, load_cach
 from fashion_mnist_lightning.data.images import read_folder
 from fashion_mnist_lightning.data.sampler import EpochShuffle, ImageBatches, keep_batch, split_indices
 
-TRAIN_SIZE = 60_000  # images in the official training set, before the validation split
+TRAIN_SIZE = 60_000  # images in the official Fashion-MNIST training set, before the validation split
+MEAN, STD = (0.2860,), (0.3530,)  # pixel statistics of those 60k images on the [0, 1] scale
 
 
-class FashionMNISTDataModule(L.LightningDataModule):
-    """Fashion-MNIST: 55,000 train / 5,000 val (seeded split of the 60k set), 10,000 test; predict = test
-    or a folder of image files.
+class InMemoryImages(L.LightningDataModule):
+    """Base class: uint8 images (N, C, H, W) in memory, batched by index; predict = the test set or a folder.
 
-    Batches are (images uint8 (B, 1, 28, 28), labels int64 (B,)) until they reach the device; then
+    Batches are (images uint8 (B, C, H, W), labels int64 (B,)) until they reach the device; then
     ``on_after_batch_transfer`` turns the images into float in [0, 1], what the model's ``forward`` takes,
-    and (training only) applies the random crop and flip. The data set is one in-memory tensor, so there
-    are no worker processes: they would only add start-up time and copies.
+    and (training only) applies the random crop and flip. There are no worker processes: with the data set in
+    one tensor they would only add start-up time and copies.
+
+    A subclass sets ``class_names``, ``image_shape`` (and ``mean``/``std``) in ``__init__`` and implements
+    ``load_splits()``; ``fashion_like_predict`` says whether predict's image files are made to look like
+    Fashion-MNIST (light object on black, trimmed, centred) or just resized.
     """
+
+    fashion_like_predict = False
 
     def __init__(
         self,
-        data_dir: str = "data",  # holds the IDX files and/or the uint8 cache
-        batch_size: int = 256,  # training images per optimizer step (per process under DDP)
-        eval_batch_size: int = 1000,  # images per validation / test / predict step
-        val_size: int = 5000,  # images held out of the 60k training set
-        seed: int = 42,  # fixes the train/val split and the shuffle order of every epoch
-        download: bool = True,  # allow torchvision's download when no local copy is found
-        data_on_device: bool = False,  # keep the whole uint8 data set on the training device (GPU) and batch
-        # there: no host-to-device copy per step
-        crop_padding: int = 0,  # training only: shift each image by up to this many pixels (random crop), 0 = off
-        hflip: bool = False,  # training only: mirror each image left-right with probability 0.5
-        predict_dir: str | None = None,  # predict: a folder of image files (PNG, JPEG, ...); None = the test set
+        batch_size: int,
+        eval_batch_size: int,
+        seed: int,
+        data_on_device: bool,
+        crop_padding: int,
+        hflip: bool,
+        predict_dir: str | None,
     ):
         super().__init__()
         for name, value, low in (
@@ -47,35 +62,26 @@ class FashionMNISTDataModule(L.LightningDataModule):
         ):
             if value < low:
                 raise ValueError(f"--data.{name} must be >= {low}, got {value}")
-        if not 0 <= val_size < TRAIN_SIZE:
-            raise ValueError(f"--data.val_size must be between 0 and {TRAIN_SIZE - 1}, got {val_size}")
-        self.save_hyperparameters()
-        self.data_dir = Path(data_dir)
-        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
-        self.val_size, self.seed, self.download = val_size, seed, download
+        self.batch_size, self.eval_batch_size, self.seed = batch_size, eval_batch_size, seed
         self.data_on_device = data_on_device
         self.crop_padding, self.hflip = crop_padding, hflip
         self.predict_dir = predict_dir
-        self.class_names = list(CLASS_NAMES)  # linked to the model's class_names by the CLI
         self.predict_names: list[str] = []  # one per predicted image, in order
         self.predict_skipped: dict[str, str] = {}  # file name -> why it could not be read
         self.train_sampler: EpochShuffle | None = None
         self._sampler_state: dict | None = None  # from a checkpoint, for the next train_dataloader()
 
-    def prepare_data(self) -> None:
-        prepare(self.data_dir, self.download)
+    def load_splits(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """{"train" | "val" | "test": (images uint8 (N, C, H, W), labels int64 (N,))}; called once per process."""
+        raise NotImplementedError
 
     def setup(self, stage: str | None = None) -> None:
         if stage == "predict" and self.predict_dir is not None:
             self._setup_predict_folder(Path(self.predict_dir))
         if hasattr(self, "test_set"):
             return
-        arrays = load_cache(self.data_dir)
-        train_idx, val_idx = split_indices(len(arrays["train_labels"]), self.val_size, self.seed)
-        images, labels = arrays["train_images"], arrays["train_labels"]
-        self.train_set = ImageBatches(images[train_idx], labels[train_idx])
-        self.val_set = ImageBatches(images[val_idx], labels[val_idx])
-        self.test_set = ImageBatches(arrays["test_images"], arrays["test_labels"])
+        splits = self.load_splits()
+        self.train_set, self.val_set, self.test_set = (ImageBatches(*splits[name]) for name in ("train", "val", "test"))
         if self.data_on_device and self.trainer is not None:
             device = self.trainer.strategy.root_device
             for dataset in (self.train_set, self.val_set, self.test_set):
@@ -104,7 +110,7 @@ class FashionMNISTDataModule(L.LightningDataModule):
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         images, labels = batch if isinstance(batch, (tuple, list)) else (batch, None)  # bare: example_input_array
         if images.dtype == torch.uint8:
-            images = images.float().div_(255)  # (B, 1, 28, 28) float in [0, 1]; labels (B,) int64
+            images = images.float().div_(255)  # (B, C, H, W) float in [0, 1]; labels (B,) int64
         training = labels is not None and self.trainer is not None and self.trainer.training
         if training and (self.crop_padding or self.hflip):
             images = augment_batch(images, self.crop_padding, self.hflip)
@@ -133,7 +139,9 @@ class FashionMNISTDataModule(L.LightningDataModule):
     def _setup_predict_folder(self, folder: Path) -> None:
         if not folder.is_dir():
             raise DataError(f"--data.predict_dir {folder} is not a folder; pass a folder of image files")
-        self.predict_names, images, self.predict_skipped = read_folder(folder)
+        self.predict_names, images, self.predict_skipped = read_folder(
+            folder, self.image_shape, fashion_like=self.fashion_like_predict
+        )
         for name, why in self.predict_skipped.items():
             print(f"skipped {folder / name}: {why}", file=sys.stderr)
         if not self.predict_names:
@@ -150,3 +158,46 @@ class FashionMNISTDataModule(L.LightningDataModule):
             collate_fn=keep_batch,
             generator=torch.Generator().manual_seed(self.seed),
         )
+
+
+class FashionMNISTDataModule(InMemoryImages):
+    """Fashion-MNIST: 55,000 train / 5,000 val (seeded split of the 60k set), 10,000 test, 1x28x28 grey;
+    predict = test or a folder of image files (made to look like Fashion-MNIST: light object on black)."""
+
+    fashion_like_predict = True
+
+    def __init__(
+        self,
+        data_dir: str = "data",  # holds the IDX files and/or the uint8 cache
+        batch_size: int = 256,  # training images per optimizer step (per process under DDP)
+        eval_batch_size: int = 1000,  # images per validation / test / predict step
+        val_size: int = 5000,  # images held out of the 60k training set
+        seed: int = 42,  # fixes the train/val split and the shuffle order of every epoch
+        download: bool = True,  # allow torchvision's download when no local copy is found
+        data_on_device: bool = False,  # keep the whole uint8 data set on the training device (GPU) and batch
+        # there: no host-to-device copy per step
+        crop_padding: int = 0,  # training only: shift each image by up to this many pixels (random crop), 0 = off
+        hflip: bool = False,  # training only: mirror each image left-right with probability 0.5
+        predict_dir: str | None = None,  # predict: a folder of image files (PNG, JPEG, ...); None = the test set
+    ):
+        super().__init__(batch_size, eval_batch_size, seed, data_on_device, crop_padding, hflip, predict_dir)
+        if not 0 <= val_size < TRAIN_SIZE:
+            raise ValueError(f"--data.val_size must be between 0 and {TRAIN_SIZE - 1}, got {val_size}")
+        self.save_hyperparameters()
+        self.data_dir, self.val_size, self.download = Path(data_dir), val_size, download
+        self.class_names = list(CLASS_NAMES)
+        self.image_shape = (1, 28, 28)
+        self.mean, self.std = MEAN, STD
+
+    def prepare_data(self) -> None:
+        prepare(self.data_dir, self.download)
+
+    def load_splits(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        arrays = load_cache(self.data_dir)
+        train_idx, val_idx = split_indices(len(arrays["train_labels"]), self.val_size, self.seed)
+        images, labels = arrays["train_images"].unsqueeze(1), arrays["train_labels"]  # (60000, 1, 28, 28) a view
+        return {
+            "train": (images[train_idx], labels[train_idx]),
+            "val": (images[val_idx], labels[val_idx]),
+            "test": (arrays["test_images"].unsqueeze(1), arrays["test_labels"]),
+        }

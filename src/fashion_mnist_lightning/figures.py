@@ -46,25 +46,35 @@ def prediction_grid(
     columns: int = 8,
     title: str = "",
 ) -> Figure:
-    """Images (N, 28, 28) in [0, 1], each titled 'predicted p' over 'true: name', green when right, red when wrong.
+    """Images (N, C, H, W) (C = 1 grey or 3 colour; (N, H, W) is grey) in [0, 1], each titled 'predicted p' over
+    'true: name', green when right, red when wrong.
 
     One mosaic image in one axes (not one axes per image): drawing it costs a fraction of a second, which
     matters when TensorBoard gets one every validation epoch.
     """
-    band, gap = 9, 3  # pixels of title band above each image, pixels between images
+    images = np.asarray(images)
+    if images.ndim == 3:
+        images = images[:, None]  # (N, 1, H, W)
+    images = images.transpose(0, 2, 3, 1)  # (N, H, W, C)
+    h, w, c = images.shape[1:]
+    scale = max(h, w) / 28  # the layout was made for 28x28 images: bigger ones keep the same proportions
+    band, gap = round(9 * scale), round(3 * scale)  # pixels of title band above each image, pixels between images
     rows = max(1, -(-len(images) // columns))
-    cell_h, cell_w = band + 28 + gap, 28 + gap
-    mosaic = np.ones((rows * cell_h, columns * cell_w))  # white background, light-on-black images pasted in
+    cell_h, cell_w = band + h + gap, w + gap
+    mosaic = np.ones((rows * cell_h, columns * cell_w, c))  # white background, the images pasted in
     for k, image in enumerate(images):
         top, left = (k // columns) * cell_h + band, (k % columns) * cell_w
-        mosaic[top : top + 28, left : left + 28] = image
-    inch = 1 / 20  # figure inches per mosaic pixel
+        mosaic[top : top + h, left : left + w] = image
+    inch = 1 / 20 / scale  # figure inches per mosaic pixel
     fig = Figure(figsize=(cell_w * columns * inch, cell_h * rows * inch + (0.3 if title else 0)), layout="constrained")
     ax = fig.add_subplot()
-    ax.imshow(mosaic, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    if c == 1:
+        ax.imshow(mosaic[..., 0], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    else:
+        ax.imshow(np.clip(mosaic, 0, 1), interpolation="nearest")
     ax.set_axis_off()
     for k in range(len(images)):
-        x, y = (k % columns) * cell_w + 14, (k // columns) * cell_h + band - 1
+        x, y = (k % columns) * cell_w + w // 2, (k // columns) * cell_h + band - 1
         ax.text(
             x,
             y,

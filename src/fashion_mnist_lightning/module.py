@@ -2,6 +2,7 @@
 
 import copy
 import warnings
+from collections.abc import Callable
 from typing import Literal
 
 import lightning as L
@@ -9,18 +10,18 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
-from torchmetrics import MaxMetric, MeanMetric
+from torchmetrics import MaxMetric, MeanMetric, Metric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
 from fashion_mnist_lightning.data.augment import shift
 from fashion_mnist_lightning.network import SeedCNN
 from fashion_mnist_lightning.runs.folders import run_of
 
-NUM_CLASSES = 10
 NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.GroupNorm, nn.LayerNorm)
 PRIMITIVE = (bool, int, float, str, type(None), list, tuple, dict)
+MetricCallable = Callable[[int], Metric]  # a torchmetrics class with its init_args, called with the class count
 
-# test-time augmentation: (weight, view) pairs for images (N, 1, 28, 28), the weights summing to 1
+# test-time augmentation: (weight, view) pairs for images (N, C, H, W), the weights summing to 1
 TTA_VIEWS = {
     "none": lambda x: [(1.0, x)],
     "flip": lambda x: [(0.5, x), (0.5, x.flip(-1))],
@@ -40,8 +41,35 @@ class ScheduleLengthError(ValueError):
     schedule was built for, or the run is too short for the schedule's phases."""
 
 
+def check_classes(network: nn.Module, example: torch.Tensor, class_names: list[str] | None) -> list[str]:
+    """The class names, checked against the number of logits the network returns for ``example`` (1, C, H, W)."""
+    was_training = network.training
+    try:
+        with torch.no_grad():
+            logits = network.eval()(example)  # (1, classes); eval: no BatchNorm statistics touched
+    except RuntimeError as err:
+        raise ValueError(
+            f"{type(network).__name__} does not take images of shape {tuple(example.shape[1:])} (C, H, W): "
+            f"{str(err).splitlines()[0]}; give its __init__ in_channels / image_size arguments (the CLI fills them in)"
+        ) from None
+    finally:
+        network.train(was_training)
+    if class_names is None:
+        return [str(i) for i in range(logits.shape[1])]
+    if logits.shape[1] != len(class_names):
+        raise ValueError(
+            f"{type(network).__name__} returns {logits.shape[1]} logits but the data has {len(class_names)} classes; "
+            "give its __init__ a num_classes argument (the CLI fills it in from the data)"
+        )
+    return list(class_names)
+
+
 class FashionMNISTClassifier(L.LightningModule):
-    """Trains any network that maps raw images (N, 1, 28, 28) in [0, 1] to logits (N, 10).
+    """Trains any network that maps raw images (N, C, H, W) in [0, 1] to logits (N, number of classes).
+
+    What the data set knows - its class names (hence their count) and image shape (C, H, W) - the CLI links in
+    from the DataModule (``class_names``, ``image_shape``); batches may hold uint8 images (divided by 255 here) or
+    floats in [0, 1].
 
     Metrics are torchmetrics objects handed to ``self.log``: Lightning computes, syncs (DDP) and resets them once
     per epoch, at the same moment on every process. The training metrics' running state is part of the
@@ -59,13 +87,17 @@ class FashionMNISTClassifier(L.LightningModule):
         scheduler: LRSchedulerCallable | None = None,  # stepped every optimizer step; OneCycleLR's total_steps
         # may be left null and is then the run's length
         label_smoothing: float = 0.0,  # cross-entropy target smoothing, 0 = plain cross-entropy
-        class_names: list[str] | None = None,  # the CLI links the DataModule's; default "0".."9"
+        class_names: list[str] | None = None,  # linked from the DataModule; default "0", "1", ... (one per logit)
+        image_shape: tuple[int, int, int] = (1, 28, 28),  # (C, H, W), linked from the DataModule
         compile: bool = False,  # torch.compile the network in place (GPU: faster; this tiny CPU net: slower)
         channels_last: bool = False,  # NHWC memory format: on a CPU max-pool runs about 2x faster
         tta: Literal["none", "flip", "flip_shift"] = "none",  # evaluation (val/test/predict) averages the logits
         # of several views of each image: "flip" = image and mirror; "flip_shift" = those two (weight 1/2) and both
         # shifted by one pixel along the diagonal, each way (weight 1/2)
         norm_lr_scale: float = 1.0,  # learning-rate multiplier for the normalisation layers' parameters (airbench: 64)
+        metrics: dict[str, MetricCallable] | None = None,  # more validation/test metrics by name, e.g. f1_macro:
+        # {class_path: torchmetrics.classification.MulticlassF1Score, init_args: {average: macro}}; updated with the
+        # logits, logged as val/<name> and test/<name>, in the run summary and TensorBoard's HPARAMS
     ):
         super().__init__()
         with warnings.catch_warnings():  # a network object passed in Python is dropped just below
@@ -76,16 +108,20 @@ class FashionMNISTClassifier(L.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.label_smoothing = label_smoothing
-        self.class_names = list(class_names) if class_names is not None else [str(i) for i in range(NUM_CLASSES)]
+        self.image_shape = tuple(image_shape)
+        self.example_input_array = torch.zeros(1, *self.image_shape)  # model summary shapes, graph logging
+        self.class_names = check_classes(self.network, self.example_input_array, class_names)
         self.compile_network = compile
         self.channels_last = channels_last
         self.tta, self.norm_lr_scale = tta, norm_lr_scale
-        self.example_input_array = torch.zeros(1, 1, 28, 28)  # model summary shapes, graph logging
 
-        accuracy = dict(num_classes=NUM_CLASSES, average="micro")
+        accuracy = dict(num_classes=len(self.class_names), average="micro")
         self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
         self.train_acc, self.val_acc, self.test_acc = (MulticlassAccuracy(**accuracy) for _ in range(3))
         self.val_acc_best = MaxMetric()
+        extra = MetricCollection({name: make(len(self.class_names)) for name, make in (metrics or {}).items()})
+        self.val_metrics, self.test_metrics = extra.clone(prefix="val/"), extra.clone(prefix="test/")
+        self.metric_names = list(metrics or {})
         for metric in (self.train_loss, self.train_acc, self.val_acc_best):
             metric.persistent(True)  # in the checkpoint: a resumed epoch continues its running values
         self._resumed_schedule_steps: list[int | None] = []
@@ -110,10 +146,10 @@ class FashionMNISTClassifier(L.LightningModule):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        return self.network(images)  # (N, 1, 28, 28) float in [0, 1] -> (N, 10) logits
+        return self.network(images)  # (N, C, H, W) float in [0, 1] -> (N, classes) logits
 
     def evaluate(self, images: torch.Tensor) -> torch.Tensor:
-        """Logits for evaluation: the weighted mean of the logits of the views ``tta`` names. (N, 10)"""
+        """Logits for evaluation: the weighted mean of the logits of the views ``tta`` names. (N, classes)"""
         return sum(weight * self(view) for weight, view in TTA_VIEWS[self.tta](images))
 
     # ------------------------------------------------------------------------------------------------
@@ -121,36 +157,44 @@ class FashionMNISTClassifier(L.LightningModule):
 
     def model_step(self, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         images, labels = batch
+        if images.dtype == torch.uint8:  # a DataModule that hands uint8 batches to the model
+            images = images.float().div_(255)
         logits = self(images) if self.training else self.evaluate(images)
         loss = F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
-        return loss, logits.argmax(dim=1), labels
+        return loss, logits, labels  # (), (N, classes), (N,)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        loss, preds, labels = self.model_step(batch)
+        loss, logits, labels = self.model_step(batch)
         self.train_loss(loss, len(labels))  # forward: this batch's value for the step log, plus the epoch mean
-        self.train_acc.update(preds, labels)  # logged once, at the epoch's end (a self.log costs ~1 ms)
+        self.train_acc.update(logits.argmax(dim=1), labels)  # logged once, at the epoch's end (a self.log costs ~1 ms)
         self.log("train/loss", self.train_loss, on_step=True, on_epoch=True, prog_bar=True)
         return loss
 
     def validation_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
-        loss, preds, labels = self.model_step(batch)
+        loss, logits, labels = self.model_step(batch)
         self.val_loss.update(loss, len(labels))
-        self.val_acc.update(preds, labels)
+        self.val_acc.update(preds := logits.argmax(dim=1), labels)
+        self.val_metrics.update(logits, labels)
         self.log("val/loss", self.val_loss, prog_bar=True)
         self.log("val/acc", self.val_acc, prog_bar=True)
+        self.log_dict(self.val_metrics)
         return {"preds": preds}  # for callbacks (the confusion matrix)
 
     def test_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
-        loss, preds, labels = self.model_step(batch)
+        loss, logits, labels = self.model_step(batch)
         self.test_loss.update(loss, len(labels))
-        self.test_acc.update(preds, labels)
+        self.test_acc.update(preds := logits.argmax(dim=1), labels)
+        self.test_metrics.update(logits, labels)
         self.log("test/loss", self.test_loss)
         self.log("test/acc", self.test_acc)
+        self.log_dict(self.test_metrics)
         return {"preds": preds}
 
     def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
         images = batch[0] if isinstance(batch, (tuple, list)) else batch
-        return self.evaluate(images).softmax(dim=1)  # (N, 10) class probabilities
+        if images.dtype == torch.uint8:
+            images = images.float().div_(255)
+        return self.evaluate(images).softmax(dim=1)  # (N, classes) class probabilities
 
     # ------------------------------------------------------------------------------------------------
     # epoch hooks

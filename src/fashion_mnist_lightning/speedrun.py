@@ -21,7 +21,7 @@ warnings.filterwarnings("ignore", message=r"You're using the WeightAveraging cal
 
 class DataDependentInit(L.Callback):
     """Calls ``network.init_from_data(images)`` with the first ``num_images`` training images (float in [0, 1],
-    (N, 1, 28, 28)) at the start of a new fit; a resumed fit keeps the values its checkpoint holds.
+    (N, C, H, W)) at the start of a new fit; a resumed fit keeps the values its checkpoint holds.
 
     Every process computes the same values from the same images, so DDP needs no broadcast.
     """
@@ -33,8 +33,21 @@ class DataDependentInit(L.Callback):
         network = getattr(pl_module, "network", None)
         if trainer.ckpt_path is not None or not hasattr(network, "init_from_data"):
             return
-        images = trainer.datamodule.train_set.images[: self.num_images]  # (N, 28, 28) uint8
-        network.init_from_data(images.unsqueeze(1).to(pl_module.device).float().div(255))
+        network.init_from_data(first_training_images(trainer, self.num_images).to(pl_module.device))
+
+
+def first_training_images(trainer: L.Trainer, count: int) -> torch.Tensor:
+    """Up to ``count`` training images, float in [0, 1] (N, C, H, W): from the template's in-memory set, or from
+    the batches of any other DataModule's train_dataloader."""
+    datamodule = trainer.datamodule
+    if hasattr(datamodule, "train_set") and hasattr(datamodule.train_set, "images"):
+        images = datamodule.train_set.images[:count]  # (N, C, H, W) uint8
+    else:
+        batches, images = iter(datamodule.train_dataloader()), []
+        while sum(map(len, images)) < count and (batch := next(batches, None)) is not None:
+            images.append(batch[0] if isinstance(batch, (tuple, list)) else batch)
+        images = torch.cat(images)[:count]
+    return images.float().div(255) if images.dtype == torch.uint8 else images.float()
 
 
 class FreezeWhiteningBias(L.Callback):

@@ -15,7 +15,7 @@ def split_indices(n_total: int, n_val: int, seed: int) -> tuple[torch.Tensor, to
 
 
 class ImageBatches(Dataset):
-    """uint8 images (N, 28, 28) and int64 labels (N,) that hand out whole batches by index."""
+    """uint8 images (N, C, H, W) and int64 labels (N,) that hand out whole batches by index."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor):
         self.images, self.labels = images, labels.long()
@@ -24,7 +24,7 @@ class ImageBatches(Dataset):
         return len(self.labels)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.images[i].unsqueeze(0), self.labels[i]  # (1, 28, 28) uint8, () int64
+        return self.images[i], self.labels[i]  # (C, H, W) uint8, () int64
 
     def to(self, device: torch.device | str) -> "ImageBatches":
         """Move the whole data set to ``device`` once (uint8: 4x less memory and bandwidth than float)."""
@@ -33,7 +33,7 @@ class ImageBatches(Dataset):
 
     def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         index = torch.as_tensor(indices, device=self.labels.device)
-        return self.images[index].unsqueeze(1), self.labels[index]  # (B, 1, 28, 28) uint8, (B,) int64
+        return self.images[index], self.labels[index]  # (B, C, H, W) uint8, (B,) int64
 
 
 def keep_batch(batch):

@@ -1,7 +1,8 @@
 """`fashion-mnist export`: the trained network as one file for use outside this project.
 
 Every format holds the network only (no optimizer, no Lightning) and takes what ``forward`` takes: raw images,
-float in [0, 1], shape (N, 1, 28, 28), any N; it returns logits (N, 10). The normalisation is inside.
+float in [0, 1], shape (N, C, H, W) of the data set it was trained on (1x28x28 for Fashion-MNIST), any N; it returns
+logits (N, number of classes). The normalisation is inside.
 
   state_dict   .pt          torch.load(path, weights_only=True) -> {name: tensor}; rebuild the network class
   safetensors  .safetensors the same tensors in the safetensors format (no pickle at all)   [extra: export]
@@ -33,14 +34,18 @@ FORMATS = {"state_dict": ".pt", "safetensors": ".safetensors", "onnx": ".onnx", 
 
 
 def load_network(ckpt_path: str | Path) -> nn.Module:
-    """The checkpoint's network, float32, in eval mode, on the CPU, in the default memory format."""
-    network = load_classifier(ckpt_path)[0].network
-    return network.to(memory_format=torch.contiguous_format)  # channels_last is a training-speed detail
+    """The checkpoint's network, float32, in eval mode, on the CPU, in the default memory format; its input shape
+    (C, H, W) as ``network.image_shape``."""
+    model = load_classifier(ckpt_path)[0]
+    network = model.network.to(memory_format=torch.contiguous_format)  # channels_last is a training-speed detail
+    network.image_shape = model.image_shape
+    return network
 
 
-def export(network: nn.Module, fmt: str, output: Path) -> Path:
-    """Write ``network`` as ``fmt`` to ``output`` (atomically: a temporary file beside it, then a rename)."""
-    example = torch.rand(2, 1, 28, 28)  # (N, 1, 28, 28) in [0, 1]
+def export(network: nn.Module, fmt: str, output: Path, image_shape: tuple[int, int, int] | None = None) -> Path:
+    """Write ``network`` as ``fmt`` to ``output`` (atomically: a temporary file beside it, then a rename).
+    ``image_shape``: (C, H, W) of its input, default ``network.image_shape`` (load_network sets it)."""
+    example = torch.rand(2, *(image_shape or network.image_shape))  # (N, C, H, W) in [0, 1]
     batch = torch.export.Dim("batch", min=1)
     if fmt == "state_dict":
         atomic_write(output, lambda f: torch.save(network.state_dict(), f))

@@ -1,17 +1,24 @@
-"""A checkpoint back as a model for the tools (report, export): float32, eval mode, CPU."""
+"""A checkpoint back as a model (and its data set) for the tools (report, export, serve): float32, eval, CPU."""
 
+import importlib
+import inspect
 import os
 import warnings
 from pathlib import Path
 from typing import Any
 
+import lightning as L
+from lightning.pytorch.cli import instantiate_module
+
+from fashion_mnist_lightning.datamodule import FashionMNISTDataModule
 from fashion_mnist_lightning.module import FashionMNISTClassifier
 from fashion_mnist_lightning.runs.checkpoint_io import check_matches, read_checkpoint
 
 
 def load_classifier(path: str | os.PathLike) -> tuple[FashionMNISTClassifier, dict[str, Any]]:
-    """The checkpoint's FashionMNISTClassifier (rebuilt from the hparams the CLI saved, network class and all)
-    and the checkpoint dict itself. One-line CheckpointError for a missing, corrupt or mismatched file."""
+    """The checkpoint's FashionMNISTClassifier (rebuilt from the hparams the CLI saved, network class, class names
+    and image shape included) and the checkpoint dict itself. One-line CheckpointError for a missing, corrupt or
+    mismatched file."""
     checkpoint = read_checkpoint(path)
     try:
         with warnings.catch_warnings():  # the saved network config is rebuilt into a module: that is the intent
@@ -21,3 +28,16 @@ def load_classifier(path: str | os.PathLike) -> tuple[FashionMNISTClassifier, di
         check_matches(path, checkpoint["state_dict"], FashionMNISTClassifier())
         raise
     return model.float().eval(), checkpoint
+
+
+def load_datamodule(checkpoint: dict[str, Any], **overrides: Any) -> L.LightningDataModule:
+    """The DataModule the checkpoint was trained on, rebuilt from the hyper-parameters the CLI saved (its class path
+    included; a checkpoint from before data sets were chosen by class path is Fashion-MNIST's). ``overrides``
+    replace init arguments the class has (e.g. data_dir); None values are ignored."""
+    config = dict(checkpoint.get("datamodule_hyper_parameters") or {})
+    config.pop("_instantiator", None)
+    class_path = config.setdefault("_class_path", f"{FashionMNISTDataModule.__module__}.FashionMNISTDataModule")
+    module, _, name = class_path.rpartition(".")
+    accepted = inspect.signature(getattr(importlib.import_module(module), name)).parameters
+    config.update({k: v for k, v in overrides.items() if v is not None and k in accepted})
+    return instantiate_module(L.LightningDataModule, config)

@@ -7,8 +7,9 @@
     <run>/report/confident_mistakes.png     the test images the model got wrong with the highest probability
     <run>/report/report.md                  ties them together
 
-The checkpoint is evaluated on the 10,000 test images as `fashion-mnist test` would (with flip TTA if the model
-uses it). A report is derived output: running it again replaces the files in <run>/report/ and nothing else.
+The checkpoint is evaluated on the test split of the data set it was trained on (Fashion-MNIST's 10,000 test
+images, or your own), as `fashion-mnist test` would (with the model's test-time augmentation). A report is derived
+output: running it again replaces the files in <run>/report/ and nothing else.
 """
 
 import argparse
@@ -19,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fashion_mnist_lightning.data.files import DataError, load_cache, prepare
-from fashion_mnist_lightning.extras.loading import load_classifier
+from fashion_mnist_lightning.data.files import DataError
+from fashion_mnist_lightning.extras.loading import load_classifier, load_datamodule
 from fashion_mnist_lightning.figures import confusion_figure, learning_curves, prediction_grid
 from fashion_mnist_lightning.runs.checkpoint_io import CheckpointError, run_folder
 from fashion_mnist_lightning.runs.folders import ResumeError, resolve_checkpoint
@@ -85,10 +86,22 @@ def mlflow_scalars(run: Path) -> dict[str, dict[int, float]]:
 
 
 @torch.inference_mode()
-def predict(model, images: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
-    """Class probabilities (N, 10) for uint8 images (N, 28, 28)."""
-    batches = images.unsqueeze(1).split(batch_size)  # (B, 1, 28, 28) uint8
-    return torch.cat([model.evaluate(batch.float().div(255)).float().softmax(dim=1) for batch in batches])
+def predict_test_set(model, datamodule) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The test split as the DataModule hands it out: images (N, C, H, W) as batched (uint8 or float), labels (N,),
+    and the model's class probabilities (N, classes)."""
+    datamodule.prepare_data()
+    datamodule.setup("test")
+    images, labels, probabilities = [], [], []
+    for batch in datamodule.test_dataloader():
+        batch_images, batch_labels = datamodule.on_after_batch_transfer(batch, 0)  # float in [0, 1] on the CPU
+        images.append(batch[0])
+        labels.append(batch_labels)
+        probabilities.append(model.evaluate(batch_images.float()).float().softmax(dim=1))
+    return torch.cat(images), torch.cat(labels), torch.cat(probabilities)
+
+
+def as_float(images: torch.Tensor) -> np.ndarray:
+    return (images.float().div(255) if images.dtype == torch.uint8 else images.float()).numpy()
 
 
 def class_statistics(labels: torch.Tensor, predicted: torch.Tensor, num_classes: int) -> tuple[np.ndarray, dict]:
@@ -197,13 +210,13 @@ Title: predicted class and its probability, then the true class.
 """
 
 
-def write_report(ckpt_path: Path, data_dir: Path, output: Path | None = None, mistakes: int = 24) -> Path:
-    """Evaluate the checkpoint on the test set and write every report file; returns the report folder."""
+def write_report(ckpt_path: Path, data_dir: Path | None = None, output: Path | None = None, mistakes: int = 24) -> Path:
+    """Evaluate the checkpoint on its data set's test split and write every report file; returns the report folder.
+    ``data_dir``: where a data set with that argument (Fashion-MNIST) finds its files, None = as trained."""
     model, checkpoint = load_classifier(ckpt_path)
-    prepare(data_dir, download=False)
-    arrays = load_cache(data_dir)
-    images, labels = arrays["test_images"], arrays["test_labels"].long().numpy()  # (N, 28, 28) uint8, (N,)
-    probabilities = predict(model, images).numpy()  # (N, 10)
+    datamodule = load_datamodule(checkpoint, data_dir=None if data_dir is None else str(data_dir), download=False)
+    images, labels, probabilities = predict_test_set(model, datamodule)  # (N, C, H, W), (N,), (N, classes)
+    labels, probabilities = labels.long().numpy(), probabilities.numpy()
     names = model.class_names
     matrix, table = class_statistics(
         torch.from_numpy(labels), torch.from_numpy(probabilities.argmax(axis=1)), len(names)
@@ -222,7 +235,7 @@ def write_report(ckpt_path: Path, data_dir: Path, output: Path | None = None, mi
     }
     worst = most_confident_mistakes(labels, probabilities, mistakes)
     figures["confident_mistakes.png"] = prediction_grid(
-        images[worst].float().div(255).numpy(),
+        as_float(images[worst]),
         labels[worst],
         probabilities[worst].argmax(axis=1),
         probabilities[worst].max(axis=1),
@@ -245,7 +258,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--ckpt_path", required=True, help="a .ckpt written by `fashion-mnist fit`, or best / last of the newest run"
     )
-    parser.add_argument("--data_dir", default="data", type=Path)
+    parser.add_argument(
+        "--data_dir",
+        type=Path,
+        help="where the data set finds its files (Fashion-MNIST's data_dir); default: as trained",
+    )
     parser.add_argument("--output", type=Path, help="default: <run folder>/report")
     parser.add_argument("--mistakes", type=int, default=24, help="images in the confident-mistakes grid")
     args = parser.parse_args(argv)

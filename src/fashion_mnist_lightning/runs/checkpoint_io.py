@@ -130,6 +130,9 @@ def check_matches(path: str | os.PathLike, state: dict[str, torch.Tensor], model
 # What a resumed fit may set differently from its checkpoint: where the data lives and how it is loaded or
 # evaluated, not what is trained (Lightning's "_instantiator" is bookkeeping).
 RESUME_MAY_CHANGE = {"data_dir", "download", "data_on_device", "eval_batch_size", "predict_dir", "compile"}
+# Recorded since data sets are chosen by class path and link their shape into the model; a checkpoint from before
+# has none of them (Fashion-MNIST, 1x28x28, the networks' defaults), so their absence is no difference.
+LINKED_SINCE = {"_class_path", "image_shape", "num_classes", "in_channels", "image_size", "mean", "std", "metrics"}
 
 
 def check_same_recipe(path: str | os.PathLike, checkpoint: dict, model: dict, data: dict) -> None:
@@ -159,8 +162,22 @@ def first_difference(key: str, a: Any, b: Any) -> tuple[str, Any, Any] | None:
             if found:
                 return found
         return None
+    if a is None and key.rpartition(".")[2] in LINKED_SINCE:
+        return None
     same = list(a) == list(b) if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) else a == b
     return None if same else (key, a, b)
+
+
+def check_same_classes(path: str | os.PathLike, checkpoint: dict, class_names: list[str], data: str) -> None:
+    """Fail in one line when a checkpoint was trained on other classes than the command's data set has (another
+    data set: `fashion-mnist predict` without the run's config falls back to Fashion-MNIST)."""
+    trained = (checkpoint.get("hyper_parameters") or {}).get("class_names")
+    if trained is not None and list(trained) != list(class_names):
+        shown = ", ".join(trained[:5]) + (", ..." if len(trained) > 5 else "")
+        raise CheckpointError(
+            f"{path} was trained on {len(trained)} classes ({shown}), but this command's data set {data} has "
+            f"{len(class_names)} others; pass {own_recipe(path)} (the data set it was trained on)"
+        )
 
 
 def own_recipe(path: str | os.PathLike) -> str:

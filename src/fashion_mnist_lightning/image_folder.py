@@ -1,0 +1,80 @@
+"""ImageFolderDataModule: your own labelled photos, one subfolder per class, on the template's fast path.
+
+    photos/cat/001.jpg, photos/cat/002.png, photos/dog/...           (validation and test split off, seeded)
+    photos/train/cat/..., photos/val/cat/..., photos/test/cat/...     (your own val/ and test/; either may be missing)
+
+Every file Pillow reads (PNG, JPEG, WebP, TIFF, ...; any size, grey or colour) is decoded once into a uint8 cache
+at ``image_size`` and ``channels`` (data/folder.py), and decoded again when the folder changes. A file that cannot be
+read is a row in ``<cache>-skipped.csv`` and a line on stderr, never a silent drop. From then on it is the same
+in-memory path as Fashion-MNIST: batches by index, floats and augmentation on the device, exact resume, DDP.
+"""
+
+import torch
+
+from fashion_mnist_lightning.data.folder import load_folder
+from fashion_mnist_lightning.data.sampler import split_indices
+from fashion_mnist_lightning.datamodule import InMemoryImages
+
+
+class ImageFolderDataModule(InMemoryImages):
+    """Your own photos, one subfolder per class; the class names are the subfolder names (sorted, as in
+    torchvision's ImageFolder), the per-channel mean and std are measured on the training images."""
+
+    def __init__(
+        self,
+        root: str,  # the folder of class folders (or of train/ [val/] [test/] holding them)
+        image_size: tuple[int, int] = (64, 64),  # (H, W) pixels every image is resized and centre-cropped to
+        channels: int = 3,  # 3 = RGB, 1 = grey
+        cache_dir: str = "data",  # where the decoded uint8 cache and the skipped-files list are written
+        val_fraction: float = 0.1,  # of the training images, held out for validation when there is no val/
+        test_fraction: float = 0.1,  # of the training images, held out for testing when there is no test/
+        batch_size: int = 64,  # training images per optimizer step (per process under DDP)
+        eval_batch_size: int = 500,  # images per validation / test / predict step
+        seed: int = 42,  # fixes the splits and the shuffle order of every epoch
+        data_on_device: bool = False,  # keep the uint8 data set on the training device (GPU)
+        crop_padding: int = 0,  # training only: random shifts of up to this many pixels, 0 = off
+        hflip: bool = False,  # training only: mirror each image left-right with probability 0.5
+        predict_dir: str | None = None,  # predict: a folder of image files; None = the test split
+    ):
+        super().__init__(batch_size, eval_batch_size, seed, data_on_device, crop_padding, hflip, predict_dir)
+        if channels not in (1, 3):
+            raise ValueError(f"--data.channels must be 1 (grey) or 3 (RGB), got {channels}")
+        if min(image_size) < 1:
+            raise ValueError(f"--data.image_size must be two positive sizes (H, W), got {image_size}")
+        for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+            if not 0 <= value < 1:
+                raise ValueError(f"--data.{name} must be in [0, 1), got {value}")
+        if val_fraction + test_fraction >= 1:
+            raise ValueError("--data.val_fraction + --data.test_fraction must leave training images (sum < 1)")
+        self.save_hyperparameters()
+        self.arrays = load_folder(root, cache_dir, channels, tuple(image_size))  # decoded once, then cached
+        self.splits = self._split(val_fraction, test_fraction)
+        self.class_names = list(self.arrays["class_names"])
+        self.image_shape = (channels, *image_size)
+        train = self.splits["train"][0].float().div(255)  # (N, C, H, W)
+        self.mean = tuple(train.mean(dim=(0, 2, 3)).tolist())
+        self.std = tuple(train.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist())
+
+    def load_splits(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        return self.splits
+
+    def _split(self, val_fraction: float, test_fraction: float) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """The user's own val/ and test/ where given; what is missing is split off the training images (seeded)."""
+        images, labels = self.arrays["train_images"], self.arrays["train_labels"]
+        splits = {
+            name: (self.arrays[f"{name}_images"], self.arrays[f"{name}_labels"])
+            for name in ("val", "test")
+            if f"{name}_images" in self.arrays
+        }
+        held_out = {name: f for name, f in (("val", val_fraction), ("test", test_fraction)) if name not in splits}
+        sizes = {name: round(f * len(labels)) for name, f in held_out.items()}
+        order = split_indices(len(labels), sum(sizes.values()), self.seed)[1]  # the held-out images, shuffled
+        start = 0
+        for name, size in sizes.items():
+            index = order[start : start + size]
+            splits[name] = (images[index], labels[index])
+            start += size
+        rest = torch.ones(len(labels), dtype=torch.bool)
+        rest[order] = False
+        splits["train"] = (images[rest], labels[rest])
+        return splits
