@@ -32,15 +32,15 @@ help: ## list the targets, one line each
 $(INSTALLED): pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -r $(LOCK)
+	$(BIN)/pip install --quiet --require-hashes -r $(LOCK)
 	$(BIN)/pip install --quiet --no-deps -e .
 	touch $@
 
-install: $(INSTALLED) ## create .venv and install the locked versions (requirements.lock) + the project, editable
+install: $(INSTALLED) ## create .venv and install the locked, hash-checked versions (requirements.lock) + the project, editable
 
-lock: ## refresh requirements.lock from pyproject.toml (every extra; needs the package index)
+lock: ## refresh requirements.lock from pyproject.toml: every extra, every Python it supports, with hashes (needs the index)
 	@test -x $(BIN)/uv || { $(PYTHON) -m venv $(VENV) && $(BIN)/pip install --quiet uv; }
-	$(BIN)/uv pip compile pyproject.toml --all-extras --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
+	$(BIN)/uv pip compile pyproject.toml --all-extras --universal --python-version 3.11 --generate-hashes \
 		--no-header --quiet -o $(LOCK)
 	@echo "wrote $(LOCK); \`make install\` installs it"
 

@@ -264,7 +264,7 @@ def make_storage(sweep: Sweep):
     raise SweepError(
         f"cannot open the storage {sweep.storage} ({type(fault).__name__}: {detail}); check the "
         "URL, that the server runs and accepts this user, and that the driver is installed "
-        "(psycopg for PostgreSQL: pip install -e '.[sweep]')"
+        "(psycopg for PostgreSQL: pip install -e '.[postgres]')"
     ) from None
 
 
