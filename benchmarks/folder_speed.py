@@ -80,9 +80,7 @@ def main() -> int:
         "png_files": count,
         "decode_once_s": round(decode_s, 2),
         "cached_start_s": round(cached_s, 2),
-        **{
-            f"{name}_images_per_s": round(images / statistics.median(seconds)) for name, seconds in epochs.items()
-        },
+        **{f"{name}_images_per_s": round(images / statistics.median(seconds)) for name, seconds in epochs.items()},
         "epoch_s": {name: [round(s, 2) for s in seconds] for name, seconds in epochs.items()},
         "command": "python benchmarks/folder_speed.py --reps " + str(args.reps),
     }
