@@ -82,12 +82,12 @@ BATCH_LIMITS = (
 ATOMIC_CHECKPOINTS = {"class_path": "fashion_mnist_lightning.runs.checkpoint_io.AtomicCheckpointIO"}
 
 
-NETWORK_LINKS = {  # network __init__ argument <- the DataModule
+NETWORK_LINKS = {  # network __init__ argument <- the DataModule (lists: the checkpoint's hparams stay plain YAML)
     "num_classes": lambda data: len(data.class_names),
     "in_channels": lambda data: data.image_shape[0],
-    "image_size": lambda data: tuple(data.image_shape[1:]),
-    "mean": lambda data: tuple(getattr(data, "mean", None) or (0.0,) * data.image_shape[0]),
-    "std": lambda data: tuple(getattr(data, "std", None) or (1.0,) * data.image_shape[0]),
+    "image_size": lambda data: list(data.image_shape[1:]),
+    "mean": lambda data: list(getattr(data, "mean", None) or [0.0] * data.image_shape[0]),
+    "std": lambda data: list(getattr(data, "std", None) or [1.0] * data.image_shape[0]),
 }
 
 
@@ -166,7 +166,7 @@ class FashionMNISTCLI(LightningCLI):
         # What the data set knows flows into the model and its network (a network takes whichever of these its
         # __init__ has; README "Make it yours" states the DataModule's side of the contract).
         parser.link_arguments("data.class_names", "model.class_names", apply_on="instantiate")
-        parser.link_arguments("data.image_shape", "model.image_shape", apply_on="instantiate")
+        parser.link_arguments("data.image_shape", "model.image_shape", compute_fn=list, apply_on="instantiate")
         for target, compute in NETWORK_LINKS.items():
             parser.link_arguments(
                 "data", f"model.network.init_args.{target}", compute_fn=compute, apply_on="instantiate"

@@ -1,6 +1,7 @@
 """The LightningModule: one shared step, cross-entropy, torchmetrics, logging, optimizer and schedule."""
 
 import copy
+import inspect
 import warnings
 from collections.abc import Callable
 from typing import Literal
@@ -39,6 +40,17 @@ warnings.filterwarnings("ignore", message=r".*self\.log\('val/acc_best'.*sync_di
 class ScheduleLengthError(ValueError):
     """The run's length does not fit its learning-rate schedule: a resumed run asks for another length than the
     schedule was built for, or the run is too short for the schedule's phases."""
+
+
+def keep_accepted_arguments(config: dict | None, network_class: type) -> None:
+    """The CLI links the data's shape into every network argument it names (num_classes, in_channels, image_size,
+    mean, std); a network takes those it has. Lightning records all of them in the hyper-parameters: keep those the
+    network took, so the checkpoint rebuilds it."""
+    if not isinstance(config, dict) or not isinstance(config.get("init_args"), dict):
+        return
+    parameters = inspect.signature(network_class).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+        config["init_args"] = {k: v for k, v in config["init_args"].items() if k in parameters}
 
 
 def check_classes(network: nn.Module, example: torch.Tensor, class_names: list[str] | None) -> list[str]:
@@ -105,6 +117,7 @@ class FashionMNISTClassifier(L.LightningModule):
             self.save_hyperparameters()  # through the CLI: configs (class_path + init_args); in Python: objects
         self.save_hyperparameters(ignore=[k for k, v in self.hparams.items() if not isinstance(v, PRIMITIVE)])
         self.network = network if network is not None else SeedCNN()
+        keep_accepted_arguments(self.hparams.get("network"), type(self.network))
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.label_smoothing = label_smoothing
