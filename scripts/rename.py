@@ -8,6 +8,7 @@ CI). Names of the data set itself (the Debian package dataset-fashion-mnist, its
 Run it on a clean work tree: it changes files in place; `git diff` shows what it did, `git checkout .` undoes it.
 """
 
+import os
 import re
 import subprocess
 import sys
@@ -41,6 +42,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     changed = 0
     for path in tracked_files(ROOT):
+        if path.is_symlink() and PACKAGE in os.readlink(path):  # configs -> src/<package>/configs
+            target = os.readlink(path).replace(PACKAGE, package)
+            path.unlink()
+            path.symlink_to(target)
+            continue
         if path.resolve() == Path(__file__).resolve() or not path.is_file():
             continue
         try:

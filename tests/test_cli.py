@@ -11,7 +11,7 @@ import torch
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import SMALL, weights
+from conftest import ROOT, SMALL, Workspace, weights
 
 FAST = "fashion-mnist fit --config configs/fast.yaml"
 
@@ -295,3 +295,89 @@ def test_help_lists_every_command_and_a_misspelt_one_gets_a_suggestion(workspace
     [line] = result.error.strip().splitlines()
     assert "unknown command 'swep'" in line and "did you mean 'sweep'" in line, line
     assert not (workspace.path / "lightning_logs").exists()
+
+
+# ----------------------------------------------------------------------------------------------------
+# leaning on LightningCLI: one optimizer (the model's), errors from the library's own words, no private members
+
+
+@pytest.mark.parametrize("how", ["flag", "config file"])
+def test_the_top_level_optimizer_does_not_exist_and_the_hint_names_the_models(workspace, how):
+    """LightningCLI's --optimizer would replace the module's parameter groups and schedule (a silent recipe swap);
+    with auto_configure_optimizers=False it is a typo-style error pointing at model.optimizer."""
+    if how == "flag":
+        extra = "--optimizer torch.optim.SGD --optimizer.lr 0.05"
+    else:
+        sgd = "optimizer:\n  class_path: torch.optim.SGD\n  init_args:\n    lr: 0.05\n"
+        (workspace.path / "sgd.yaml").write_text(sgd)
+        extra = "--config sgd.yaml"
+    result = workspace.run(f"{FAST} {extra}", expect=2)
+    assert "did you mean 'model.optimizer" in result.error
+    assert not (workspace.path / "lightning_logs").exists()
+    assert "--lr_scheduler" not in workspace.run("fashion-mnist fit --help").output
+
+
+@pytest.mark.parametrize(
+    "flags, expected",
+    [
+        ("--model.label_smoothing 1.5", "label_smoothing must be in [0, 1)"),
+        ("--model.optimizer.init_args.momentum 2 --model.optimizer torch.optim.SGD", "momentum"),
+        ("--trainer.callbacks+=fashion_mnist_lightning.speedrun.Lookahead --trainer.callbacks.decay 0", "decay"),
+    ],
+)
+def test_values_a_loss_optimizer_or_callback_would_reject_later_are_refused_at_once(workspace, flags, expected):
+    result = workspace.run(f"{FAST} {flags}", expect=2)
+    assert expected in result.error
+    assert not (workspace.path / "lightning_logs").exists()
+
+
+def test_no_private_member_of_lightning_jsonargparse_or_optuna_is_used():
+    """The names the template used to reach into (issue #20); README "Library internals" lists what remains."""
+    source = "\n".join(p.read_text() for p in (ROOT / "src").rglob("*.py"))
+    for private in ("_parse_ckpt_path", "_subcommands_action", "_name_parser_map", "_average_model",
+                    "_copy_average_to_current", "._storage", "self._trainer", "WeightAveraging"):  # fmt: skip
+        assert private not in source, private
+
+
+def test_importing_the_package_changes_no_process_wide_state():
+    """Warning filters, logging filters and the umask are as they were after importing every module."""
+    code = """
+import importlib, logging, os, pkgutil, warnings
+import fashion_mnist_lightning as package
+import lightning.pytorch, torch  # the libraries' own import-time changes are theirs
+before = (list(warnings.filters), {n: list(l.filters) for n, l in logging.Logger.manager.loggerDict.items()
+                                   if isinstance(l, logging.Logger)}, os.umask(0o022))
+os.umask(before[2])
+for module in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
+    if not module.name.endswith("__main__"):
+        importlib.import_module(module.name)
+after = (list(warnings.filters), {n: list(l.filters) for n, l in logging.Logger.manager.loggerDict.items()
+                                  if isinstance(l, logging.Logger) and n in before[1]}, os.umask(0o022))
+assert after[0] == before[0], [f for f in after[0] if f not in before[0]]
+assert after[1] == {n: f for n, f in before[1].items() if n in after[1]}
+assert after[2] == before[2]
+print("unchanged")
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "unchanged", done.stderr[-2000:]
+
+
+def test_a_command_reads_its_checkpoint_once(trained, monkeypatch, tmp_path):
+    """The CLI reads a --ckpt_path file once (weights_only) for every check; Lightning reads it for itself."""
+    from fashion_mnist_lightning import cli
+    from fashion_mnist_lightning.runs import checkpoint_io
+
+    reads = []
+    real = checkpoint_io.read_checkpoint
+    monkeypatch.setattr(checkpoint_io, "read_checkpoint", lambda path: reads.append(str(path)) or real(path))
+    import shutil
+
+    workspace = Workspace(tmp_path)  # a copy of the trained run: the evaluation folder goes there
+    shutil.copytree(trained, tmp_path / "lightning_logs" / "version_0")
+    monkeypatch.chdir(tmp_path)
+    checkpoint = tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+    argv = ["validate", "--config", "configs/default.yaml", "--ckpt_path", str(checkpoint)]
+    argv.append("--trainer.limit_val_batches=1")
+    assert cli.main(argv) == 0
+    assert reads.count(str(checkpoint)) == 1, reads
+    assert (workspace.runs()[0] / "evaluations" / "validate_0").is_dir()

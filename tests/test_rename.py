@@ -1,6 +1,7 @@
 """`make rename NAME=my_project` (README "Make it yours" (e)) in a copy of the template: afterwards nothing is
 called fashion_mnist_lightning, the renamed package imports, and its command trains."""
 
+import os
 import shutil
 import subprocess
 import sys
@@ -21,8 +22,10 @@ def copy(tmp_path):
     """The template as a user's fresh clone has it: the files git tracks (and new ones not yet committed)."""
     listing = git(ROOT, "ls-files", "--cached", "--others", "--exclude-standard").splitlines()
     for name in listing:
-        if (ROOT / name).is_file():
-            (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        if (ROOT / name).is_symlink():  # configs/ links to the package's configs
+            (tmp_path / name).symlink_to(os.readlink(ROOT / name))
+        elif (ROOT / name).is_file():
             shutil.copy2(ROOT / name, tmp_path / name)
     git(tmp_path, "init", "-q")
     git(tmp_path, "add", "-A")
@@ -34,6 +37,7 @@ def test_make_rename_renames_package_distribution_and_command_and_the_result_tra
     assert done.returncode == 0, done.stderr
     assert "src/my_project" in done.stdout
     assert not (copy / "src/fashion_mnist_lightning").exists() and (copy / "src/my_project/cli.py").is_file()
+    assert (copy / "configs" / "default.yaml").is_file()  # the link follows the package
     files = [p for p in copy.rglob("*") if p.is_file() and ".git" not in p.relative_to(copy).parts]
     left = [str(p.relative_to(copy)) for p in files if b"fashion_mnist_lightning" in p.read_bytes()]
     assert left == ["scripts/rename.py"], left  # only the tool itself still knows the old name

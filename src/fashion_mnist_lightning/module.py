@@ -1,6 +1,5 @@
 """The LightningModule: one shared step, cross-entropy, torchmetrics, logging, optimizer and schedule."""
 
-import copy
 import inspect
 import warnings
 from collections.abc import Callable
@@ -15,8 +14,9 @@ from torchmetrics import MaxMetric, MeanMetric, Metric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
 from fashion_mnist_lightning.data.augment import shift
+from fashion_mnist_lightning.errors import UserError
 from fashion_mnist_lightning.network import SeedCNN
-from fashion_mnist_lightning.runs.folders import run_of
+from fashion_mnist_lightning.runs.checkpoint_io import run_of
 
 NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.GroupNorm, nn.LayerNorm)
 PRIMITIVE = (bool, int, float, str, type(None), list, tuple, dict)
@@ -32,14 +32,31 @@ TTA_VIEWS = {
     ],
 }
 
-# val/acc_best is the max of val/acc, which torchmetrics has already synced over all processes: logging it again
-# with sync_dist=True would only reduce identical values, so Lightning's advice to do so does not apply here.
-warnings.filterwarnings("ignore", message=r".*self\.log\('val/acc_best'.*sync_dist=True")
 
-
-class ScheduleLengthError(ValueError):
+class ScheduleLengthError(UserError, ValueError):
     """The run's length does not fit its learning-rate schedule: a resumed run asks for another length than the
     schedule was built for, or the run is too short for the schedule's phases."""
+
+
+def sized_to_run(scheduler_factory, total_steps) -> dict:
+    """{"total_steps": total_steps()} for a schedule configured with ``total_steps: null`` (OneCycleLR sized to the
+    run), else {}."""
+    keywords = getattr(scheduler_factory, "keywords", {})
+    return {"total_steps": total_steps()} if keywords.get("total_steps", 0) is None else {}
+
+
+def check_optimizer(optimizer: OptimizerCallable, scheduler: LRSchedulerCallable | None) -> None:
+    """Build the optimizer (and schedule) once on a dummy parameter: a value torch rejects (a negative lr, a
+    momentum above 1) fails here, when the module is made, not after the first batch."""
+    try:
+        built = optimizer([{"params": [nn.Parameter(torch.zeros(1))], "lr_scale": 1.0}])
+        if scheduler is not None:
+            scheduler(built, **sized_to_run(scheduler, lambda: 1000))
+    except (ValueError, TypeError, ZeroDivisionError) as err:
+        raise ValueError(
+            f"model.optimizer / model.scheduler: {str(err).splitlines()[0] if str(err) else type(err).__name__}; "
+            "fix its init_args (e.g. --model.optimizer.init_args.lr)"
+        ) from None
 
 
 def keep_accepted_arguments(config: dict | None, network_class: type) -> None:
@@ -112,6 +129,11 @@ class FashionMNISTClassifier(L.LightningModule):
         # logits, logged as val/<name> and test/<name>, in the run summary and TensorBoard's HPARAMS
     ):
         super().__init__()
+        if not 0 <= label_smoothing < 1:
+            raise ValueError(f"--model.label_smoothing must be in [0, 1), got {label_smoothing}")
+        if norm_lr_scale <= 0:
+            raise ValueError(f"--model.norm_lr_scale must be > 0, got {norm_lr_scale}")
+        check_optimizer(optimizer, scheduler)
         with warnings.catch_warnings():  # a network object passed in Python is dropped just below
             warnings.filterwarnings("ignore", message="Attribute 'network' is an instance of `nn.Module`")
             self.save_hyperparameters()  # through the CLI: configs (class_path + init_args); in Python: objects
@@ -138,17 +160,6 @@ class FashionMNISTClassifier(L.LightningModule):
         for metric in (self.train_loss, self.train_acc, self.val_acc_best):
             metric.persistent(True)  # in the checkpoint: a resumed epoch continues its running values
         self._resumed_schedule_steps: list[int | None] = []
-
-    def __deepcopy__(self, memo: dict) -> "FashionMNISTClassifier":
-        """A copy (``WeightAveraging``'s averaged model) shares the optimizer and scheduler factories instead of
-        copying them: through the CLI they hold LightningCLI itself, with its Trainer and DataModule, and under DDP
-        a process group that cannot be copied at all."""
-        for factory in (self.optimizer_factory, self.scheduler_factory):
-            memo[id(factory)] = factory
-        duplicate = self.__class__.__new__(self.__class__)
-        memo[id(self)] = duplicate
-        duplicate.__setstate__(copy.deepcopy(self.__getstate__(), memo))  # what copy.deepcopy does by default
-        return duplicate
 
     def configure_model(self) -> None:
         if self.channels_last:
@@ -233,9 +244,8 @@ class FashionMNISTClassifier(L.LightningModule):
             group["lr"] *= group["lr_scale"]
         if self.scheduler_factory is None:
             return optimizer
-        keywords, run_length = getattr(self.scheduler_factory, "keywords", {}), {}
-        if keywords.get("total_steps", 0) is None:
-            run_length["total_steps"] = int(self.trainer.estimated_stepping_batches)
+        run_length = sized_to_run(self.scheduler_factory, lambda: int(self.trainer.estimated_stepping_batches))
+        keywords = getattr(self.scheduler_factory, "keywords", {})
         if isinstance(keywords.get("max_lr"), float):  # OneCycleLR sets every group's lr: scale it per group
             run_length["max_lr"] = [keywords["max_lr"] * group["lr_scale"] for group in optimizer.param_groups]
         try:
@@ -273,7 +283,7 @@ class FashionMNISTClassifier(L.LightningModule):
         planned = next((s for s in self._resumed_schedule_steps if s is not None), None)
         self._resumed_schedule_steps = []
         if planned is not None and planned != total_steps:
-            run = run_of(self.trainer.ckpt_path) if self._trainer is not None and self.trainer.ckpt_path else None
+            run = run_of(self.trainer.ckpt_path) if self.trainer.ckpt_path else None
             raise ScheduleLengthError(
                 f"this run's {name} schedule was built for {planned} steps, the resumed run would take {total_steps}: "
                 "a schedule sized to its run cannot be extended. Resume with the run's own --trainer.max_epochs, "

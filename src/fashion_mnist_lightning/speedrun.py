@@ -5,18 +5,12 @@
 - ``FreezeWhiteningBias`` (optional, not in strong.yaml): AirNet's whitening bias learns in the first part of the
   run only; frozen, backward skips the gradient of the largest activations.
 - ``Lookahead``: every few steps in the second part of the run, an exponential average of the weights is
-  taken and the live weights are reset to it.
+  taken and the live weights are reset to it (torch's ``AveragedModel`` of the network, a plain callback).
 """
-
-import warnings
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import WeightAveraging
-
-# WeightAveraging warns about any module with a configure_model hook because sharded layers would not be averaged;
-# this module's hook only sets the memory format (and optionally compiles), so the warning does not apply.
-warnings.filterwarnings("ignore", message=r"You're using the WeightAveraging callback with a model that overrides")
+from torch.optim.swa_utils import AveragedModel
 
 
 class DataDependentInit(L.Callback):
@@ -75,68 +69,82 @@ class FreezeWhiteningBias(L.Callback):
         whiten.bias.requires_grad_(trainer.global_step < self.until * trainer.estimated_stepping_batches)
 
 
-class Lookahead(WeightAveraging):
+class Lookahead(L.Callback):
     """airbench's lookahead: from ``start`` (fraction of the run's steps), every ``every_n_steps`` steps the
     average is moved towards the live weights, ``avg <- d * avg + (1 - d) * live`` with
     ``d = decay ** every_n_steps * (step / total_steps) ** 3``, and the live weights are then reset to ``avg``.
-    At the end of training the live weights are the average (as with any ``WeightAveraging``).
+    At the end of training the live weights are the average.
 
-    Built on Lightning's ``WeightAveraging``, which keeps the averaged copy (torch's ``AveragedModel``, buffers
-    included: BatchNorm's running statistics are averaged too) and checkpoints it; the library has no step-dependent
-    decay and no copy-back, which this subclass adds. Because the live weights are reset to the average after every
-    update, validation runs on the live weights (no swap), and checkpoints taken before the first update are left
-    as they are (the base class would store the never-updated copy, i.e. the initial weights, as the model).
+    The average is torch's ``AveragedModel`` of the network (buffers included: BatchNorm's running statistics are
+    averaged too) with this step-dependent decay; the copy-back is this callback's. Because the live weights are
+    reset to the average after every update, validation runs on the live weights. A checkpoint holds the average as
+    the model's weights (what validate/test/predict load) and the live weights and the average under
+    ``lookahead``, from which a resumed fit continues exactly; before the first update it is left as it is.
     """
 
     def __init__(self, decay: float = 0.95, every_n_steps: int = 5, start: float = 0.25):
-        super().__init__(use_buffers=True, multi_avg_fn=self._average)
+        if not 0 < decay <= 1 or every_n_steps < 1 or not 0 <= start <= 1:
+            raise ValueError(
+                "Lookahead needs 0 < decay <= 1, every_n_steps >= 1 and 0 <= start <= 1, got "
+                f"decay={decay}, every_n_steps={every_n_steps}, start={start}"
+            )
         self.decay, self.every_n_steps, self.start = decay, every_n_steps, start
         self.total_steps = 1
-        self.step = 0  # the optimizer step the average is being updated at
+        self.average: AveragedModel | None = None  # of the network, made at the first update
+        self.updated_at = -1  # the optimizer step of the newest update (gradient accumulation calls the hook more)
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.total_steps = max(1, int(trainer.estimated_stepping_batches))
 
-    def should_update(self, step_idx: int | None = None, epoch_idx: int | None = None) -> bool:
-        if step_idx is None:
-            return False
-        self.step = step_idx + 1  # optimizer steps taken
-        return self.step >= self.start * self.total_steps and self.step % self.every_n_steps == 0
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        step = trainer.global_step  # optimizer steps taken
+        if step == self.updated_at or step < self.start * self.total_steps or step % self.every_n_steps:
+            return
+        self.updated_at = step
+        self._averaged(pl_module.network).update_parameters(pl_module.network)  # the first copies the live weights
+        self._copy_back(pl_module.network)
+
+    def _averaged(self, network: torch.nn.Module) -> AveragedModel:
+        """The average, made on the network's device the first time it is needed."""
+        if self.average is None:
+            self.average = AveragedModel(network, use_buffers=True, multi_avg_fn=self._average)
+        return self.average
 
     @torch.no_grad()
     def _average(self, averages: list[torch.Tensor], currents: list[torch.Tensor], _) -> None:
-        weight = self.decay**self.every_n_steps * (self.step / self.total_steps) ** 3
+        weight = self.decay**self.every_n_steps * (self.updated_at / self.total_steps) ** 3
         for average, current in zip(averages, currents):
             if average.is_floating_point():
                 average.lerp_(current, 1 - weight)
             else:  # BatchNorm's num_batches_tracked
                 average.copy_(current)
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        updates = self._started_updates()
-        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
-        if self._started_updates() != updates:
-            self._copy_average_to_current(pl_module)  # the base class's copy
+    @torch.no_grad()
+    def _copy_back(self, network: torch.nn.Module) -> None:
+        averaged = (*self.average.module.parameters(), *self.average.module.buffers())
+        for average, current in zip(averaged, (*network.parameters(), *network.buffers())):
+            current.copy_(average)
 
-    def on_validation_epoch_start(self, trainer, pl_module) -> None:
-        pass  # the live weights are the average: no swap
+    def _started(self) -> bool:
+        return self.average is not None and int(self.average.n_averaged) > 0
 
-    def on_validation_epoch_end(self, trainer, pl_module) -> None:
-        pass
-
-    def on_train_end(self, trainer, pl_module) -> None:
-        if self._started_updates():
-            self._copy_average_to_current(pl_module)  # the base class's copy
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._started():
+            self._copy_back(pl_module.network)
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
-        if self._started_updates():
-            super().on_save_checkpoint(trainer, pl_module, checkpoint)
+        if not self._started():
+            return
+        state = checkpoint["state_dict"]
+        checkpoint["lookahead"] = {
+            "live": {k: v for k, v in state.items() if k.startswith("network.")},
+            "average": self.average.state_dict(),
+        }
+        state.update({f"network.{k}": v for k, v in self.average.module.state_dict().items()})
 
     def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
-        # validate/test/predict load the averaged weights, stored as the model's: nothing to restore. A fit resumed
+        # validate/test/predict load the average, stored as the model's weights: nothing to restore. A fit resumed
         # from before the first update has no average yet.
-        if self._average_model is not None and "averaging_state" in checkpoint:
-            super().on_load_checkpoint(trainer, pl_module, checkpoint)
-
-    def _started_updates(self) -> int:
-        return 0 if self._average_model is None else int(self._average_model.n_averaged)
+        if "lookahead" in checkpoint and trainer.state.fn == "fit":
+            self._averaged(pl_module.network).load_state_dict(checkpoint["lookahead"]["average"])
+            pl_module.load_state_dict(checkpoint["lookahead"]["live"], strict=False)

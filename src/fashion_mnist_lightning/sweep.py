@@ -40,18 +40,16 @@ from pathlib import Path
 import yaml
 from lightning.pytorch.callbacks import Callback
 
+from fashion_mnist_lightning.errors import UserError
+from fashion_mnist_lightning.runs.checkpoint_io import LAST
+
 SWEEPS = Path("lightning_logs") / "sweeps"
-# The sweep hands each trial its complete argument list on purpose; LightningCLI's hint about also having
-# command-line arguments (the sweep's own) does not apply.
-warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter is intended to run from within Python")
-# The heartbeat of a database storage and the matplotlib plots are Optuna features it still calls experimental.
-warnings.filterwarnings("ignore", message=r".* is an experimental feature")
 KINDS = ("float", "int", "categorical")
 SAMPLERS = ("tpe", "random", "grid")
 PRUNERS = ("median", "none")
 
 
-class SweepError(ValueError):
+class SweepError(UserError, ValueError):
     """A mistake in a sweep file or its flags, in one line with the fix."""
 
 
@@ -189,13 +187,14 @@ def parse_param(path: Path, key: str, spec) -> Param:
 # Study: storage, sampler, pruner
 
 
-def open_study(sweep: Sweep, create: bool = True):
+def open_study(sweep: Sweep, create: bool = True, storage=None):
+    """The sweep's study (created unless ``create`` is False), on ``storage`` or the one the sweep names."""
     import optuna
 
     # ERROR: Optuna logs a failed trial's traceback as a warning before re-raising the exception, which this
     # command then reports in one line itself (an interrupt) or lets through (a bug).
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    storage = make_storage(sweep)
+    storage = storage or make_storage(sweep)
     options = {k: v for k, v in sweep.sampler.items() if k != "type"}  # seed, n_startup_trials, ...
     if options.get("seed") is not None:  # workers started together would otherwise draw the same points
         options["seed"] += sweep.worker
@@ -370,7 +369,7 @@ def recover(study) -> None:
             study.tell(trial.number, state=TrialState.FAIL)
     retried = {t.user_attrs.get("retry_of") for t in study.get_trials(deepcopy=False)}
     for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
-        last = Path(trial.user_attrs.get("run_folder", "")) / "checkpoints" / "last.ckpt"
+        last = Path(trial.user_attrs.get("run_folder", "")) / "checkpoints" / LAST
         if trial.number not in retried and trial.params and last.is_file():
             study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number, "resume_from": str(last)})
 
@@ -523,9 +522,10 @@ def dashboard(sweep: Sweep, port: int) -> None:
         raise SweepError(
             "the dashboard needs optuna-dashboard: pip install -e '.[dashboard]' (make install has it)"
         ) from None
-    study = open_study(sweep)
+    storage = make_storage(sweep)
+    open_study(sweep, storage=storage)
     print(f"Optuna dashboard for {sweep.study_name!r}: http://localhost:{port}", flush=True)
-    run_server(study._storage, host="localhost", port=port)
+    run_server(storage, host="localhost", port=port)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -544,7 +544,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--summary", action="store_true", help="only write and print the results of the study")
     parser.add_argument("--dashboard", type=int, metavar="PORT", help="serve Optuna's dashboard on this port")
     args = parser.parse_args(argv)
-    from fashion_mnist_lightning.cli import USER_ERRORS, fail
     from fashion_mnist_lightning.runs.signals import TrainingInterrupted
 
     try:
@@ -556,8 +555,6 @@ def main(argv: list[str] | None = None) -> int:
             preflight(sweep)
             optimize(sweep)
         write_results(sweep)
-    except (SweepError, *USER_ERRORS) as err:
-        return fail(err, 2)
     except TrainingInterrupted as err:
         print(
             f"\nstopped: {signal.Signals(err.signum).name} received: the trial saved its position to {err.path}; "
@@ -576,5 +573,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # errors are printed by the command's one path: run it as `fashion-mnist sweep`
+    from fashion_mnist_lightning.cli import main as command
+
+    sys.exit(command(["sweep", *sys.argv[1:]]))

@@ -14,6 +14,7 @@ from fashion_mnist_lightning.data.files import (
     prepare,
     read_cache,
 )
+from fashion_mnist_lightning.errors import fail
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,8 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         path = prepare(data_dir, args.download)
     except DataError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return fail(err, 2)
     arrays = load_cache(data_dir)
     print(
         f"Fashion-MNIST ready: {len(arrays['train_labels'])} train + {len(arrays['test_labels'])} test "

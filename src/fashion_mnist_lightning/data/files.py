@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from fashion_mnist_lightning.errors import UserError
 from fashion_mnist_lightning.runs.checkpoint_io import atomic_torch_save
 
 CLASS_NAMES = (
@@ -48,7 +49,7 @@ FIX_HINT = (
 )
 
 
-class DataError(RuntimeError):
+class DataError(UserError, RuntimeError):
     """A problem with the user's data files, stated in one line with its fix."""
 
 

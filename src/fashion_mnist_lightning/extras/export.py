@@ -26,9 +26,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from fashion_mnist_lightning.errors import UserError
 from fashion_mnist_lightning.extras.loading import load_classifier
-from fashion_mnist_lightning.runs.checkpoint_io import CheckpointError, atomic_write, run_folder
-from fashion_mnist_lightning.runs.folders import ResumeError, resolve_checkpoint
+from fashion_mnist_lightning.runs.checkpoint_io import atomic_write, run_folder
+from fashion_mnist_lightning.runs.folders import resolve_checkpoint
 
 FORMATS = {"state_dict": ".pt", "safetensors": ".safetensors", "onnx": ".onnx", "pt2": ".pt2", "torchscript": ".ts"}
 
@@ -98,30 +99,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, help="default: <run folder>/export/<checkpoint name>.<ext>")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     args = parser.parse_args(argv)
-    try:
-        ckpt_path = resolve_checkpoint(args.ckpt_path)
-    except ResumeError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    ckpt_path = resolve_checkpoint(args.ckpt_path)
     output = args.output or default_output(ckpt_path, args.format)
     problem = output_problem(output, args.overwrite)
     if problem:
-        print(f"error: {problem}", file=sys.stderr)
-        return 2
+        raise UserError(problem)
     try:
         network = load_network(ckpt_path)
         export(network, args.format, output)
-    except CheckpointError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
     except ImportError as err:
-        print(f"error: --format {args.format} needs {err.name}; pip install -e '.[export]'", file=sys.stderr)
-        return 2
+        raise UserError(f"--format {args.format} needs {err.name}; pip install -e '.[export]'") from None
     except OSError as err:
-        print(
-            f"error: cannot write {output} ({err.strerror or err}); pass --output with a writable path", file=sys.stderr
-        )
-        return 2
+        raise UserError(f"cannot write {output} ({err.strerror or err}); pass --output with a writable path") from None
     print(f"exported {type(network).__name__} ({args.format}) to {output}")
     return 0
 
@@ -138,5 +127,7 @@ def output_problem(output: Path, overwrite: bool) -> str | None:
     return None
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # errors are printed by the command's one path: run it as `fashion-mnist export`
+    from fashion_mnist_lightning.cli import main as command
+
+    sys.exit(command(["export", *sys.argv[1:]]))

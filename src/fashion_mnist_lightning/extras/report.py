@@ -20,11 +20,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fashion_mnist_lightning.data.files import DataError
+from fashion_mnist_lightning.errors import UserError
 from fashion_mnist_lightning.extras.loading import load_classifier, load_datamodule
 from fashion_mnist_lightning.figures import confusion_figure, learning_curves, prediction_grid
-from fashion_mnist_lightning.runs.checkpoint_io import CheckpointError, run_folder
-from fashion_mnist_lightning.runs.folders import ResumeError, resolve_checkpoint
+from fashion_mnist_lightning.runs.checkpoint_io import run_folder
+from fashion_mnist_lightning.runs.folders import resolve_checkpoint
 
 CURVE_TAGS = ("train/loss_epoch", "val/loss", "train/acc", "val/acc")
 
@@ -268,19 +268,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         output = write_report(resolve_checkpoint(args.ckpt_path), args.data_dir, args.output, args.mistakes)
-    except (CheckpointError, DataError, ResumeError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
     except OSError as err:
-        print(
-            f"error: cannot write the report to {err.filename or args.output} ({err.strerror or err}); "
-            "pass --output with a writable folder",
-            file=sys.stderr,
-        )
-        return 2
+        raise UserError(
+            f"cannot write the report to {err.filename or args.output} ({err.strerror or err}); "
+            "pass --output with a writable folder"
+        ) from None
     print(f"report: {output / 'report.md'}")
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # errors are printed by the command's one path: run it as `fashion-mnist report`
+    from fashion_mnist_lightning.cli import main as command
+
+    sys.exit(command(["report", *sys.argv[1:]]))

@@ -7,6 +7,7 @@ CheckpointIO (it is the ``trainer.plugins`` default, so ``--print_config`` shows
 ``Trainer(plugins=[AtomicCheckpointIO()])``.
 """
 
+import functools
 import io
 import os
 import tempfile
@@ -17,9 +18,18 @@ from typing import Any, BinaryIO
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from fashion_mnist_lightning.errors import UserError
+
 TMP_PREFIX = ".tmp-"  # partial files of an interrupted save: hidden, and swept up by the next save
-UMASK = os.umask(0o022)
-os.umask(UMASK)  # read once: a written file gets the permissions open() would give it, not mkstemp's 0600
+LAST = "last.ckpt"  # every run's newest state (base.yaml's second ModelCheckpoint, and the signal handler's)
+
+
+@functools.cache
+def umask() -> int:
+    """The process's umask, read once, when first needed (reading it means setting it: put straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> None:
@@ -32,7 +42,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> N
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{TMP_PREFIX}{path.name}.")
     try:
-        os.fchmod(fd, 0o666 & ~UMASK)
+        os.fchmod(fd, 0o666 & ~umask())
         with os.fdopen(fd, "wb") as f:
             f.write(buffer.getbuffer())
             f.flush()
@@ -84,7 +94,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 # Reading: weights_only, with one-line errors
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint that cannot be used, stated in one line with its fix."""
 
 
@@ -186,7 +196,12 @@ def own_recipe(path: str | os.PathLike) -> str:
     return f"--config {config}" if config.is_file() else "the config it was trained with"
 
 
-def run_folder(path: str | os.PathLike) -> Path:
-    """lightning_logs/version_N for lightning_logs/version_N/checkpoints/x.ckpt; else the checkpoint's folder."""
+def run_of(path: str | os.PathLike) -> Path | None:
+    """The run folder holding a checkpoint (``<run>/checkpoints/x.ckpt``), or None for a checkpoint elsewhere."""
     folder = Path(path).resolve().parent
-    return folder.parent if folder.name == "checkpoints" else folder
+    return folder.parent if folder.name == "checkpoints" else None
+
+
+def run_folder(path: str | os.PathLike) -> Path:
+    """The run folder holding a checkpoint, or for a checkpoint elsewhere its own folder (where tools write)."""
+    return run_of(path) or Path(path).resolve().parent

@@ -21,11 +21,15 @@ import warnings
 from pathlib import Path
 
 import lightning as L
+from lightning.fabric.utilities.rank_zero import rank_zero_only
+from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.core.saving import load_hparams_from_yaml
+from lightning.pytorch.loggers import CSVLogger
 
-from fashion_mnist_lightning.runs.checkpoint_io import CheckpointError, read_checkpoint
+from fashion_mnist_lightning.errors import UserError
+from fashion_mnist_lightning.runs.checkpoint_io import LAST, CheckpointError, atomic_write_text, read_checkpoint, run_of
+from fashion_mnist_lightning.runs.loggers import logger_init_args, mlflow_init_args
 
-LAST = "last.ckpt"
 EVALUATIONS = "evaluations"
 VERSION = re.compile(r"version_(\d+)")
 
@@ -33,7 +37,7 @@ claimed: list[Path] = []  # folders this process created with claim(); release_u
 existing: dict[Path, set[Path]] = {}  # a resumed run's folder -> the files it held before this command
 
 
-class ResumeError(RuntimeError):
+class ResumeError(UserError, RuntimeError):
     """Nothing to resume or evaluate for ``last``/``best``, stated in one line with its fix."""
 
 
@@ -45,12 +49,6 @@ def run_dir(trainer: L.Trainer) -> Path:
         return Path(trainer.default_root_dir)
     version = logger.version if isinstance(logger.version, str) else f"version_{logger.version}"
     return Path(logger.save_dir or trainer.default_root_dir) / str(logger.name or "") / version
-
-
-def run_of(checkpoint: str | os.PathLike) -> Path | None:
-    """The run folder holding ``checkpoint`` (``<run>/checkpoints/x.ckpt``), or None for a checkpoint elsewhere."""
-    folder = Path(checkpoint).resolve().parent
-    return folder.parent if folder.name == "checkpoints" else None
 
 
 def runs(root: Path) -> list[Path]:
@@ -142,6 +140,73 @@ def release_unused() -> None:
             shutil.rmtree(folder, ignore_errors=True)
 
 
+def prepare_run_folder(subcommand: str, config, resumed_run: Path | None) -> None:
+    """Point the configured logger at this command's own folder before anything is built: ``fit`` a freshly
+    claimed ``version_N`` (or the resumed run's own), ``validate``/``test``/``predict`` ``evaluations/<command>_K``
+    inside the run of the checkpoint they evaluate. MLflow names its runs itself: ``fit --ckpt_path last``
+    continues the run's id, an evaluation is a new run nested under the run it evaluates. Other processes of a DDP
+    run take rank 0's folders from Lightning; fast_dev_run logs nothing."""
+    mlflow = mlflow_init_args(config)
+    if mlflow is not None:
+        return prepare_mlflow_run(subcommand, config, mlflow, resumed_run)
+    init = logger_init_args(config)
+    if init is None or rank_zero_only.rank != 0 or config.trainer.get("fast_dev_run"):
+        return None
+    root = Path(init.get("save_dir") or ".") / (init.get("name") or "")
+    if subcommand == "fit" and resumed_run is not None:
+        init.version = int(resumed_run.name.removeprefix("version_"))  # continue the same run
+        watch(resumed_run)
+    elif subcommand == "fit" and init.get("version") is None:
+        _, name = claim(root, "version_", next_version(root))
+        init.version = int(name.removeprefix("version_"))
+    elif subcommand != "fit":
+        parent = (run_of(config.ckpt_path) or root) / EVALUATIONS
+        _, init.version = claim(parent, f"{subcommand}_")
+        init.save_dir, init.name = str(parent), ""
+    return None
+
+
+def prepare_mlflow_run(subcommand: str, config, init, resumed_run: Path | None) -> None:
+    if subcommand == "fit" and resumed_run is not None:
+        init.run_id = resumed_run.name
+        watch(resumed_run)
+    elif subcommand != "fit":
+        run = run_of(config.ckpt_path)
+        if run is not None and MLFLOW_RUN_ID.fullmatch(run.name):
+            init.tags = {**(init.get("tags") or {}), "mlflow.parentRunId": run.name}
+        init.run_name = init.get("run_name") or subcommand
+
+
+class RunConfig(SaveConfigCallback):
+    """Writes ``config.yaml`` into the command's own folder when the command starts its work: the full merged
+    config as a recipe (for ``fit`` without ``ckpt_path``, so ``fit --config <run>/config.yaml`` trains the run
+    again), atomically, never into another command's folder."""
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        pass  # written by the start hooks below instead, once the run is known to go ahead
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        self._write(trainer)
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        if trainer.state.fn == "validate":
+            self._write(trainer)
+
+    def on_test_start(self, trainer, pl_module) -> None:
+        self._write(trainer)
+
+    def on_predict_start(self, trainer, pl_module) -> None:
+        self._write(trainer)
+
+    def _write(self, trainer) -> None:
+        if not self.already_saved and trainer.is_global_zero:
+            self.save_config(trainer, trainer.lightning_module, trainer.state.fn)
+            self.already_saved = True
+
+    def save_config(self, trainer, pl_module, stage: str) -> None:
+        atomic_write_text(run_dir(trainer) / self.config_filename, self.parser.dump(self.config, skip_none=False))
+
+
 # ----------------------------------------------------------------------------------------------------
 # MLflow runs and a resumed CSV log
 
@@ -163,6 +228,13 @@ def mlflow_runs(tracking_uri: str, experiment: str, local_root: Path) -> tuple[P
     folder = local_root / found.experiment_id
     newest_first = client.search_runs([found.experiment_id], order_by=["attributes.start_time DESC"])
     return folder, [folder / run.info.run_id for run in newest_first]
+
+
+def resume_logger(logger, run: Path) -> None:
+    """A resumed run's logger continues the run's own record (CSV: see reopen_csv_log; TensorBoard and MLflow
+    continue by themselves)."""
+    if isinstance(logger, CSVLogger):
+        reopen_csv_log(logger, run)
 
 
 def reopen_csv_log(logger, run: Path) -> None:

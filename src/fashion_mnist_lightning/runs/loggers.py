@@ -7,8 +7,10 @@ from pathlib import Path
 
 from jsonargparse import Namespace
 
+from fashion_mnist_lightning.errors import UserError
 
-class LoggerError(ValueError):
+
+class LoggerError(UserError, ValueError):
     """The configured logger cannot work: a missing optional package, a server that does not answer."""
 
 

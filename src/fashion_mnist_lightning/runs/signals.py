@@ -14,8 +14,9 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from fashion_mnist_lightning.runs.checkpoint_io import LAST
+
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
-LAST = "last.ckpt"
 
 
 class TrainingInterrupted(Exception):

@@ -1,0 +1,21 @@
+"""DDP's process group at the end of a command: left cleanly, and a collective that failed named as such."""
+
+import torch.distributed as dist
+
+
+def distributed_failure(err: RuntimeError) -> bool:
+    """A collective that failed because a peer is gone or stuck (torch's distributed errors)."""
+    return dist.is_available() and dist.is_initialized() and isinstance(err, dist.DistError)
+
+
+def leave_process_group(finished: bool) -> None:
+    """Shut DDP's process group down before the interpreter exits.
+
+    Lightning leaves it open; gloo's worker threads then die in static destructors and the process can abort
+    ("terminate called without an active exception", exit -6) after a run that succeeded. The barrier makes
+    sure no rank is still inside a collective; after an error the peers may be gone, so no barrier then.
+    """
+    if dist.is_available() and dist.is_initialized():
+        if finished:
+            dist.barrier()
+        dist.destroy_process_group()
