@@ -56,9 +56,9 @@ def test_the_readme_ddp_line_finishes_and_follows_the_one_process_run(workspace,
 
 def test_any_config_plus_the_readme_ddp_flags_runs_the_strong_recipe_with_its_weight_averaging(workspace):
     # The README's "any config plus --trainer.devices N --trainer.strategy ddp", on strong.yaml: its Lookahead
-    # (Lightning's WeightAveraging) deep-copies the LightningModule, whose CLI-made optimizer factory held the
-    # LightningCLI and, under DDP, its process group (a crash before the first step until the module shared the
-    # factories with its copy). The optional FreezeWhiteningBias stands aside under DDP (DDP wants every gradient).
+    # keeps an average of the network (once a deep copy of the whole LightningModule, whose CLI-made optimizer
+    # factory held the LightningCLI and, under DDP, its process group: a crash before the first step). The optional
+    # FreezeWhiteningBias stands aside under DDP (DDP wants every gradient).
     workspace.run(
         "fashion-mnist fit --config configs/strong.yaml --model.network.init_args.widths=[8,16,16] "
         "--trainer.accelerator cpu --trainer.devices 2 --trainer.strategy ddp "
@@ -70,7 +70,7 @@ def test_any_config_plus_the_readme_ddp_flags_runs_the_strong_recipe_with_its_we
     )
     [run] = workspace.runs()
     saved = torch.load(run / "checkpoints/last.ckpt", weights_only=True)
-    assert saved["averaging_state"]["n_averaged"] > 0 and (run / "confusion_matrix_test.png").is_file()
+    assert saved["lookahead"]["average"]["n_averaged"] > 0 and (run / "confusion_matrix_test.png").is_file()
 
 
 def test_a_stuck_peer_ends_in_an_error_after_the_collective_timeout(workspace):

@@ -61,6 +61,7 @@ def test_a_wheel_run_from_another_folder_writes_the_same_run_as_the_checkout(ins
     assert "test accuracy:" in output
     [wheel_run] = (elsewhere / "lightning_logs").glob("version_*")
 
+    (tmp_path / "checkout").mkdir()
     checkout = Workspace(tmp_path / "checkout")
     checkout.run(f"fashion-mnist fit --config configs/default.yaml {' '.join(SMALL)} --test_after_fit true")
     [checkout_run] = checkout.runs()

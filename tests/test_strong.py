@@ -27,7 +27,10 @@ def states(checkpoint) -> dict[str, torch.Tensor]:
     saved = torch.load(checkpoint, weights_only=True)
     optimizer = saved["optimizer_states"][0]["state"]
     momenta = {f"momentum.{k}": v["momentum_buffer"] for k, v in optimizer.items()}
-    return {**saved["state_dict"], **{f"live.{k}": v for k, v in saved["current_model_state"].items()}, **momenta}
+    lookahead = saved["lookahead"]
+    live = {f"live.{k}": v for k, v in lookahead["live"].items()}
+    average = {f"average.{k}": v for k, v in lookahead["average"].items()}
+    return {**saved["state_dict"], **live, **average, **momenta}
 
 
 @pytest.mark.slow
@@ -55,7 +58,7 @@ def test_a_strong_run_stopped_mid_epoch_during_lookahead_resumes_bit_identically
     assert result.returncode == 128 + signal.SIGTERM, result.output[-2000:]
     run = workspace.runs()[0]
     stopped = torch.load(run / "checkpoints/last.ckpt", weights_only=True)
-    assert 50 <= stopped["global_step"] < 80 and stopped["averaging_state"]["n_averaged"] > 0
+    assert 50 <= stopped["global_step"] < 80 and stopped["lookahead"]["average"]["n_averaged"] > 0
 
     workspace.run(f"{TINY} --trainer.max_epochs=2 --ckpt_path last")
     assert same_weights(states(tmp_path / "straight/checkpoints/last.ckpt"), states(run / "checkpoints/last.ckpt"))

@@ -190,11 +190,15 @@ class FashionMNISTCLI(LightningCLI):
         try:
             super().instantiate_classes()
         except (ValueError, TypeError) as err:  # a class's __init__ refused a value the user passed
-            while isinstance(err.__cause__, (ValueError, TypeError)):
-                err = err.__cause__  # the class's own message, not a wrapper's
-            raise ConfigError(
-                f"invalid value: {first_line(err)}; fix the flag or config key (`--help` lists them)"
-            ) from None
+            chain = [err]
+            while chain[-1].__cause__ is not None:  # jsonargparse wraps what the class raised: take the class's own
+                chain.append(chain[-1].__cause__)
+            own = next((e for e in chain if isinstance(e, UserError)), None)
+            if own is not None:
+                raise own from None
+            cause = next((e for e in reversed(chain) if isinstance(e, (ValueError, TypeError))), err)
+            message = f"invalid value: {first_line(cause)}; fix the flag or config key (--help lists them)"
+            raise ConfigError(message) from None
 
     def instantiate_trainer(self, **kwargs):
         config = self.config_init[self.subcommand]

@@ -4,8 +4,12 @@ import torch.distributed as dist
 
 
 def distributed_failure(err: RuntimeError) -> bool:
-    """A collective that failed because a peer is gone or stuck (torch's distributed errors)."""
-    return dist.is_available() and dist.is_initialized() and isinstance(err, dist.DistError)
+    """A collective that failed because a peer is gone or stuck: torch's distributed errors, and gloo's timeouts
+    and lost connections, which reach Python as a plain RuntimeError that only its words tell apart."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return False
+    text = str(err).lower()
+    return isinstance(err, dist.DistError) or any(w in text for w in ("timed out", "connection closed", "reset"))
 
 
 def leave_process_group(finished: bool) -> None:
