@@ -9,6 +9,7 @@ test instead of the CI run.
 import gzip
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -180,6 +181,33 @@ class Workspace:
 @pytest.fixture
 def workspace(tmp_path, real_data_dir) -> Workspace:
     return Workspace(tmp_path)
+
+
+@pytest.fixture
+def in_process(workspace, monkeypatch, capsys):
+    """Run a `fashion-mnist ...` command line through the same ``main()`` the console script calls, inside this
+    test's process, in the workspace: for commands refused before any work, where a new interpreter would only add
+    its start-up (about 6 s of imports). Returns a Result with the exit code and stdout + stderr."""
+    from fashion_mnist_lightning import cli
+
+    monkeypatch.chdir(workspace.path)
+    monkeypatch.setattr(sys, "path", list(sys.path))  # main() puts the current folder on it
+
+    def run(command: str, expect: int | None = 0) -> Result:
+        words = shlex.split(command)
+        assert words[0] == "fashion-mnist"
+        try:
+            code = cli.main(words[1:])
+        except SystemExit as done:  # --help, --print_config
+            code = done.code or 0
+        captured = capsys.readouterr()
+        result = Result(code, captured.out + captured.err, workspace.path / "in-process.log")
+        assert not TRACEBACK.search(result.output), result.output[-3000:]
+        if expect is not None:
+            assert code == expect, f"{command} exited {code}, expected {expect}:\n{result.output[-3000:]}"
+        return result
+
+    return run
 
 
 @pytest.fixture(scope="session")

@@ -39,9 +39,11 @@ def poisoned(tmp_path):
         "crosscheck --ckpt_path {ckpt}",
     ],
 )
-def test_a_checkpoint_whose_pickle_runs_code_is_refused_and_the_code_never_runs(workspace, poisoned, command):
+def test_a_checkpoint_whose_pickle_runs_code_is_refused_and_the_code_never_runs(
+    workspace, in_process, poisoned, command
+):
     path, marker = poisoned
-    result = workspace.run(f"fashion-mnist {command.format(ckpt=path, out=workspace.path / 'out.pt')}", expect=2)
+    result = in_process(f"fashion-mnist {command.format(ckpt=path, out=workspace.path / 'out.pt')}", expect=2)
     assert "is not a readable checkpoint" in result.error
     assert not marker.exists() and not (workspace.path / "out.pt").exists()
 

@@ -133,11 +133,12 @@ def test_print_config_feeds_back_as_config(workspace):
     assert "AtomicCheckpointIO" in printed  # the template's plugin is a visible default
 
 
-def test_progress_bar_flag_works_with_every_config(workspace):
+def test_progress_bar_flag_works_with_every_config(workspace, in_process):
     for config in sorted((workspace.path / "configs").glob("*.yaml")):
-        workspace.run(
+        printed = in_process(
             f"fashion-mnist fit --config configs/{config.name} --trainer.enable_progress_bar=false --print_config"
         )
+        assert "enable_progress_bar: false" in printed.output
 
 
 def test_two_fits_started_at_once_get_two_run_folders(workspace):
@@ -186,8 +187,8 @@ def test_predict_csv_has_a_row_per_test_image_in_order(workspace):
         ("--ckpt_path no/such.ckpt", "no/such.ckpt does not exist"),
     ],
 )
-def test_a_mistake_in_fit_is_one_line_exit_2_and_leaves_no_folder(workspace, flags, expected):
-    result = workspace.run(f"{FAST} {flags}", expect=2)
+def test_a_mistake_in_fit_is_one_line_exit_2_and_leaves_no_folder(workspace, in_process, flags, expected):
+    result = in_process(f"{FAST} {flags}", expect=2)
     assert expected in result.error and "Traceback" not in result.output
     assert not (workspace.path / "lightning_logs").exists()
 
@@ -204,25 +205,25 @@ def test_a_run_too_short_for_its_schedule_is_one_line_exit_2_and_leaves_no_folde
     assert not (workspace.path / "lightning_logs").exists()
 
 
-def test_the_same_typo_in_a_config_file_gets_the_same_suggestion(workspace):
+def test_the_same_typo_in_a_config_file_gets_the_same_suggestion(workspace, in_process):
     config = workspace.path / "typo.yaml"
     config.write_text("trainer:\n  max_epoks: 2\n")
-    result = workspace.run("fashion-mnist fit --config configs/fast.yaml --config typo.yaml", expect=2)
+    result = in_process("fashion-mnist fit --config configs/fast.yaml --config typo.yaml", expect=2)
     assert "did you mean 'trainer.max_epochs'" in result.error
 
 
 @pytest.mark.parametrize("command", ["validate", "test", "predict"])
-def test_evaluating_without_a_checkpoint_or_with_nothing_trained_is_one_line(workspace, command):
-    assert "--ckpt_path" in workspace.run(f"fashion-mnist {command} --config configs/fast.yaml", expect=2).error
+def test_evaluating_without_a_checkpoint_or_with_nothing_trained_is_one_line(workspace, in_process, command):
+    assert "--ckpt_path" in in_process(f"fashion-mnist {command} --config configs/fast.yaml", expect=2).error
     for keyword in ("best", "last"):
-        result = workspace.run(f"fashion-mnist {command} --config configs/fast.yaml --ckpt_path {keyword}", expect=2)
+        result = in_process(f"fashion-mnist {command} --config configs/fast.yaml --ckpt_path {keyword}", expect=2)
         assert "train one first" in result.error
     assert not (workspace.path / "lightning_logs").exists()
 
 
-def test_gpu_configs_without_a_gpu_are_one_line_and_run_with_accelerator_cpu(workspace):
+def test_gpu_configs_without_a_gpu_are_one_line_and_run_with_accelerator_cpu(workspace, in_process):
     for config in ("gpu", "gpu_ddp"):
-        result = workspace.run(f"fashion-mnist fit --config configs/{config}.yaml", expect=2)
+        result = in_process(f"fashion-mnist fit --config configs/{config}.yaml", expect=2)
         assert "--trainer.accelerator cpu" in result.error
     assert not (workspace.path / "lightning_logs").exists()
     result = workspace.run(
@@ -288,10 +289,10 @@ def test_module_entry_point_matches_the_console_script(workspace):
     assert result.returncode == 0 and result.stdout == workspace.run(f"{FAST} --print_config").output
 
 
-def test_help_lists_every_command_and_a_misspelt_one_gets_a_suggestion(workspace):
-    helped = workspace.run("fashion-mnist --help")
+def test_help_lists_every_command_and_a_misspelt_one_gets_a_suggestion(workspace, in_process):
+    helped = in_process("fashion-mnist --help")
     assert all(command in helped.output for command in ("fit", "predict", "sweep", "report", "export", "crosscheck"))
-    result = workspace.run("fashion-mnist swep --config configs/sweeps/smoke.yaml", expect=2)
+    result = in_process("fashion-mnist swep --config configs/sweeps/smoke.yaml", expect=2)
     [line] = result.error.strip().splitlines()
     assert "unknown command 'swep'" in line and "did you mean 'sweep'" in line, line
     assert not (workspace.path / "lightning_logs").exists()
@@ -302,7 +303,7 @@ def test_help_lists_every_command_and_a_misspelt_one_gets_a_suggestion(workspace
 
 
 @pytest.mark.parametrize("how", ["flag", "config file"])
-def test_the_top_level_optimizer_does_not_exist_and_the_hint_names_the_models(workspace, how):
+def test_the_top_level_optimizer_does_not_exist_and_the_hint_names_the_models(workspace, in_process, how):
     """LightningCLI's --optimizer would replace the module's parameter groups and schedule (a silent recipe swap);
     with auto_configure_optimizers=False it is a typo-style error pointing at model.optimizer."""
     if how == "flag":
@@ -311,10 +312,10 @@ def test_the_top_level_optimizer_does_not_exist_and_the_hint_names_the_models(wo
         sgd = "optimizer:\n  class_path: torch.optim.SGD\n  init_args:\n    lr: 0.05\n"
         (workspace.path / "sgd.yaml").write_text(sgd)
         extra = "--config sgd.yaml"
-    result = workspace.run(f"{FAST} {extra}", expect=2)
+    result = in_process(f"{FAST} {extra}", expect=2)
     assert "did you mean 'model.optimizer" in result.error
     assert not (workspace.path / "lightning_logs").exists()
-    assert "--lr_scheduler" not in workspace.run("fashion-mnist fit --help").output
+    assert "--lr_scheduler" not in in_process("fashion-mnist fit --help").output
 
 
 @pytest.mark.parametrize(
@@ -325,8 +326,10 @@ def test_the_top_level_optimizer_does_not_exist_and_the_hint_names_the_models(wo
         ("--trainer.callbacks+=fashion_mnist_lightning.speedrun.Lookahead --trainer.callbacks.decay 0", "decay"),
     ],
 )
-def test_values_a_loss_optimizer_or_callback_would_reject_later_are_refused_at_once(workspace, flags, expected):
-    result = workspace.run(f"{FAST} {flags}", expect=2)
+def test_values_a_loss_optimizer_or_callback_would_reject_later_are_refused_at_once(
+    workspace, in_process, flags, expected
+):
+    result = in_process(f"{FAST} {flags}", expect=2)
     assert expected in result.error
     assert not (workspace.path / "lightning_logs").exists()
 

@@ -47,7 +47,7 @@ def test_every_config_through_fit_interrupt_resume_evaluate_report_export(worksp
     config = f"--config configs/{name}.yaml"
     cpu = ""
     if name == "folder":  # the user's photos where folder.yaml looks for them, the caches in the clone's own data/
-        write_photo_folder(workspace.path / "photos", per_class=1000, size=(40, 48), fmt="mixed")
+        write_photo_folder(workspace.path / "photos", per_class=400, size=(40, 48), fmt="mixed")
         (workspace.path / "data").unlink()
         (workspace.path / "data").mkdir()
     if name in GPU_ONLY:
@@ -65,7 +65,7 @@ def test_every_config_through_fit_interrupt_resume_evaluate_report_export(worksp
     recipe = yaml.safe_load((ROOT / "configs" / f"{name}.yaml").read_text())
     processes = recipe.get("trainer", {}).get("devices", 1)
     data = yaml.safe_load((run / "config.yaml").read_text())["data"]["init_args"]
-    training_images = 3000 - 600 if name == "folder" else 60_000 - data["val_size"]  # folder: 10 % val, 10 % test
+    training_images = 1200 - 240 if name == "folder" else 60_000 - data["val_size"]  # folder: 10 % val, 10 % test
     per_process = -(-training_images // processes)  # each process's share of the training images
     total = 2 * min(EPOCH, -(-per_process // data["batch_size"]))
     assert 0 < steps < total, (steps, total)

@@ -109,9 +109,9 @@ def test_an_unreadable_photo_is_named_on_stderr_and_listed_and_the_rest_trains(p
         (lambda root: None, "does not exist"),
     ],
 )
-def test_a_folder_that_holds_no_data_set_is_one_line_exit_2_and_leaves_no_run(workspace, make, expected):
+def test_a_folder_that_holds_no_data_set_is_one_line_exit_2_and_leaves_no_run(workspace, in_process, make, expected):
     make(workspace.path / "mine")
-    result = workspace.run(f"{FOLDER} --data.root mine {' '.join(SMALL)}", expect=2)
+    result = in_process(f"{FOLDER} --data.root mine {' '.join(SMALL)}", expect=2)
     assert expected in result.error and "mine" in result.error
     assert not workspace.runs()
 

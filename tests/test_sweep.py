@@ -172,9 +172,9 @@ def test_sigterm_stops_a_worker_like_fit_and_the_rerun_continues_that_trial(work
         ({"objective": {"metric": "val/accuracy"}}, "'val/accuracy' is never logged; the runs log"),
     ],
 )
-def test_sweep_file_mistakes_are_one_line_exit_2_and_write_nothing(workspace, change, expected):
+def test_sweep_file_mistakes_are_one_line_exit_2_and_write_nothing(workspace, in_process, change, expected):
     path = sweep_file(workspace, **change)
-    result = workspace.run(f"fashion-mnist sweep --config {path.name}", expect=2)
+    result = in_process(f"fashion-mnist sweep --config {path.name}", expect=2)
     assert expected in result.error
     assert not (workspace.path / "lightning_logs").exists()
 
@@ -183,9 +183,9 @@ def test_sweep_file_mistakes_are_one_line_exit_2_and_write_nothing(workspace, ch
     "url, expected",
     [("not-a-url", "is not a database URL"), ("postgresql://nobody@127.0.0.1:9/none", "cannot open the storage")],
 )
-def test_a_malformed_or_unreachable_storage_is_one_line(workspace, url, expected):
+def test_a_malformed_or_unreachable_storage_is_one_line(workspace, in_process, url, expected):
     path = sweep_file(workspace)
-    result = workspace.run(f"fashion-mnist sweep --config {path.name} --storage {url}", expect=2, timeout=120)
+    result = in_process(f"fashion-mnist sweep --config {path.name} --storage {url}", expect=2)
     assert expected in result.error and not (workspace.path / "lightning_logs/sweeps").exists()
 
 
