@@ -190,3 +190,21 @@ def test_values_the_datamodule_rejects_are_one_line(flat, tmp_path):
         with pytest.raises(ValueError, match=word):
             ImageFolderDataModule(str(flat), cache_dir=str(tmp_path), **arguments)
     assert os.listdir(tmp_path) == ["photos"]  # nothing decoded for a refused value
+
+
+def test_a_sweep_searches_on_the_photos_and_crosscheck_refuses_them_in_one_line(photos, in_process):
+    """Downstream tools on another data set: an Optuna sweep over configs/folder.yaml trains on the photos (its
+    trials' checkpoints have their 3 classes); crosscheck, the NumPy reference of the 1x28x28 SeedCNN, refuses."""
+    sweep = photos.path / "photos_sweep.yaml"
+    sweep.write_text(
+        "configs: [configs/folder.yaml]\n"
+        "overrides: {data.root: photos, trainer.max_epochs: 1, trainer.limit_train_batches: 4, "
+        "trainer.limit_val_batches: 1}\n"
+        "space:\n  model.optimizer.init_args.weight_decay: {type: categorical, choices: [0.0, 0.05]}\n"
+        "n_trials: 2\nsampler: {type: grid}\npruner: {type: none}\n"
+    )
+    photos.run(f"fashion-mnist sweep --config {sweep.name}", timeout=400)
+    trials = sorted((photos.path / "lightning_logs/sweeps/photos_sweep").glob("trial_*/checkpoints/last.ckpt"))
+    assert len(trials) == 2 and all(hparams(t)["class_names"] == CLASSES for t in trials)
+    refused = in_process(f"fashion-mnist crosscheck --ckpt_path {trials[0]}", expect=2)
+    assert "does not hold a SeedCNN" in refused.error

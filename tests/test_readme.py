@@ -33,6 +33,8 @@ FIT_LIMITS = [
 EVAL_LIMITS = ["--trainer.limit_val_batches=2", "--trainer.limit_test_batches=2", "--trainer.limit_predict_batches=2"]
 SERVERS = {"tensorboard": "/data/runs", "dashboard": "/api/studies"}  # make target -> a URL path it answers
 THE_SUITE = {"test", "test-fast"}  # the targets that run this very suite: never from inside it
+# a README `make` runs as typed in a fresh shell: not with the variables of the `make test ARGS=...` that runs this
+FRESH_MAKE = {"MAKEFLAGS": "", "MAKEOVERRIDES": "", "MAKELEVEL": "", "ARGS": ""}
 ELSEWHERE = {"rename": "tests/test_rename.py"}  # targets that change the clone itself: run as written in a copy there
 # `make test` distributes whole files (pytest-xdist's loadfile): these tests run on one worker, in README order,
 # in one clone. (loadgroup's xdist_group mark does not hold with pytest 9 and xdist 3.8: the group gets split.)
@@ -120,7 +122,7 @@ def free_port() -> int:
 
 def serve(clone: Clone, argv: list[str], path: str, port: int) -> None:
     """Start a server command, wait until http://localhost:port{path} answers, then stop it."""
-    process, log = clone.start(argv)
+    process, log = clone.start(argv, env=FRESH_MAKE)
     try:
         deadline = time.monotonic() + 120
         while True:
@@ -153,7 +155,7 @@ def run_command(clone: Clone, command: str) -> None:
         argv[0] = str(FASHION_MNIST.with_name("torchrun"))
     lock = clone.path / "requirements.lock"
     stamp = lock.stat().st_mtime
-    result = clone.run(argv, env=env, timeout=900)
+    result = clone.run(argv, env={**env, **FRESH_MAKE}, timeout=900)
     if words[:2] == ["make", "lock"]:
         assert_lock_matches(lock)  # a fresh lock from the index: still what pyproject.toml asks for
         os.utime(lock, (stamp, stamp))  # else make would see a newer lock and reinstall the shared venv
