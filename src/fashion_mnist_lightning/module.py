@@ -14,7 +14,7 @@ from torchmetrics import MaxMetric, MeanMetric, Metric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
 from fashion_mnist_lightning.data.augment import shift
-from fashion_mnist_lightning.errors import UserError
+from fashion_mnist_lightning.errors import UserError, first_line
 from fashion_mnist_lightning.network import SeedCNN
 from fashion_mnist_lightning.runs.checkpoint_io import run_of
 
@@ -54,7 +54,7 @@ def check_optimizer(optimizer: OptimizerCallable, scheduler: LRSchedulerCallable
             scheduler(built, **sized_to_run(scheduler, lambda: 1000))
     except (ValueError, TypeError, ZeroDivisionError) as err:
         raise ValueError(
-            f"model.optimizer / model.scheduler: {str(err).splitlines()[0] if str(err) else type(err).__name__}; "
+            f"model.optimizer / model.scheduler: {first_line(err)}; "
             "fix its init_args (e.g. --model.optimizer.init_args.lr)"
         ) from None
 
@@ -79,7 +79,7 @@ def check_classes(network: nn.Module, example: torch.Tensor, class_names: list[s
     except RuntimeError as err:
         raise ValueError(
             f"{type(network).__name__} does not take images of shape {tuple(example.shape[1:])} (C, H, W): "
-            f"{str(err).splitlines()[0]}; give its __init__ in_channels / image_size arguments (the CLI fills them in)"
+            f"{first_line(err)}; give its __init__ in_channels / image_size arguments (the CLI fills them in)"
         ) from None
     finally:
         network.train(was_training)
