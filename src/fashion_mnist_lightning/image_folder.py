@@ -47,9 +47,9 @@ class ImageFolderDataModule(InMemoryImages):
         if val_fraction + test_fraction >= 1:
             raise ValueError("--data.val_fraction + --data.test_fraction must leave training images (sum < 1)")
         self.save_hyperparameters()
-        self.arrays = load_folder(root, cache_dir, channels, tuple(image_size))  # decoded once, then cached
-        self.splits = self._split(val_fraction, test_fraction)
-        self.class_names = list(self.arrays["class_names"])
+        arrays = load_folder(root, cache_dir, channels, tuple(image_size))  # decoded once, then cached
+        self.splits = split(arrays, val_fraction, test_fraction, seed)  # the only copy of the images kept
+        self.class_names = list(arrays["class_names"])
         self.image_shape = (channels, *image_size)
         train = self.splits["train"][0].float().div(255)  # (N, C, H, W)
         self.mean = tuple(train.mean(dim=(0, 2, 3)).tolist())
@@ -58,23 +58,26 @@ class ImageFolderDataModule(InMemoryImages):
     def load_splits(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         return self.splits
 
-    def _split(self, val_fraction: float, test_fraction: float) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """The user's own val/ and test/ where given; what is missing is split off the training images (seeded)."""
-        images, labels = self.arrays["train_images"], self.arrays["train_labels"]
-        splits = {
-            name: (self.arrays[f"{name}_images"], self.arrays[f"{name}_labels"])
-            for name in ("val", "test")
-            if f"{name}_images" in self.arrays
-        }
-        held_out = {name: f for name, f in (("val", val_fraction), ("test", test_fraction)) if name not in splits}
-        sizes = {name: round(f * len(labels)) for name, f in held_out.items()}
-        order = split_indices(len(labels), sum(sizes.values()), self.seed)[1]  # the held-out images, shuffled
-        start = 0
-        for name, size in sizes.items():
-            index = order[start : start + size]
-            splits[name] = (images[index], labels[index])
-            start += size
-        rest = torch.ones(len(labels), dtype=torch.bool)
-        rest[order] = False
-        splits["train"] = (images[rest], labels[rest])
-        return splits
+
+def split(
+    arrays: dict, val_fraction: float, test_fraction: float, seed: int
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """The user's own val/ and test/ where given; what is missing is split off the training images (seeded)."""
+    images, labels = arrays["train_images"], arrays["train_labels"]
+    splits = {
+        name: (arrays[f"{name}_images"], arrays[f"{name}_labels"])
+        for name in ("val", "test")
+        if f"{name}_images" in arrays
+    }
+    held_out = {name: f for name, f in (("val", val_fraction), ("test", test_fraction)) if name not in splits}
+    sizes = {name: round(f * len(labels)) for name, f in held_out.items()}
+    order = split_indices(len(labels), sum(sizes.values()), seed)[1]  # the held-out images, shuffled
+    start = 0
+    for name, size in sizes.items():
+        index = order[start : start + size]
+        splits[name] = (images[index], labels[index])
+        start += size
+    rest = torch.ones(len(labels), dtype=torch.bool)
+    rest[order] = False
+    splits["train"] = (images[rest], labels[rest])
+    return splits
