@@ -45,6 +45,7 @@ TOOLS = {  # commands beside LightningCLI's subcommands
     "crosscheck": "fashion_mnist_lightning.extras.crosscheck",
     "export": "fashion_mnist_lightning.extras.export",
     "report": "fashion_mnist_lightning.extras.report",
+    "serve": "fashion_mnist_lightning.serving.command",
     "sweep": "fashion_mnist_lightning.sweep",
 }
 BATCH_LIMITS = ("limit_train_batches", "limit_val_batches", "limit_test_batches", "limit_predict_batches")

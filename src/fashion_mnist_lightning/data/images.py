@@ -110,6 +110,15 @@ def cover_box(image_size: tuple[int, int], size: tuple[int, int]) -> tuple[float
     return (left, top, left + crop_w, top + crop_h)
 
 
+def model_input(image: Image.Image, shape: tuple[int, int, int], fashion_like: bool) -> torch.Tensor:
+    """One image as the model's input, (C, H, W) = ``shape`` uint8: what ``predict`` does to each file of a folder
+    and ``serve`` to each upload (one function, so both give the same probabilities)."""
+    channels, height, width = shape
+    if fashion_like:
+        return fashion_mnist_like(ImageOps.exif_transpose(image), (height, width))[None]  # (1, H, W)
+    return convert_image(image, channels, (height, width))
+
+
 def read_folder(
     folder: str | Path, shape: tuple[int, int, int] = (1, SIZE, SIZE), fashion_like: bool = True
 ) -> tuple[list[str], torch.Tensor, dict[str, str]]:
@@ -134,10 +143,7 @@ def read_folder(
             continue
         try:
             with Image.open(path) as image:
-                if fashion_like:
-                    images.append(fashion_mnist_like(ImageOps.exif_transpose(image), (height, width))[None])
-                else:
-                    images.append(convert_image(image, channels, (height, width)))
+                images.append(model_input(image, shape, fashion_like))
             names.append(path.name)
         except Exception as err:  # noqa: BLE001 - whatever Pillow raises for one file is that file's row
             skipped[path.name] = why_unreadable(err)

@@ -14,6 +14,8 @@ from fashion_mnist_lightning.datamodule import FashionMNISTDataModule
 from fashion_mnist_lightning.module import FashionMNISTClassifier
 from fashion_mnist_lightning.runs.checkpoint_io import check_matches, read_checkpoint
 
+FASHION_MNIST = f"{FashionMNISTDataModule.__module__}.{FashionMNISTDataModule.__name__}"
+
 
 def load_classifier(path: str | os.PathLike) -> tuple[FashionMNISTClassifier, dict[str, Any]]:
     """The checkpoint's FashionMNISTClassifier (rebuilt from the hparams the CLI saved, network class, class names
@@ -30,14 +32,20 @@ def load_classifier(path: str | os.PathLike) -> tuple[FashionMNISTClassifier, di
     return model.float().eval(), checkpoint
 
 
+def datamodule_class(checkpoint: dict[str, Any]) -> type[L.LightningDataModule]:
+    """The class of the DataModule the checkpoint was trained on (a checkpoint from before data sets were chosen by
+    class path is Fashion-MNIST's)."""
+    config = checkpoint.get("datamodule_hyper_parameters") or {}
+    module, _, name = config.get("_class_path", FASHION_MNIST).rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
 def load_datamodule(checkpoint: dict[str, Any], **overrides: Any) -> L.LightningDataModule:
     """The DataModule the checkpoint was trained on, rebuilt from the hyper-parameters the CLI saved (its class path
-    included; a checkpoint from before data sets were chosen by class path is Fashion-MNIST's). ``overrides``
-    replace init arguments the class has (e.g. data_dir); None values are ignored."""
+    included). ``overrides`` replace init arguments the class has (e.g. data_dir); None values are ignored."""
     config = dict(checkpoint.get("datamodule_hyper_parameters") or {})
     config.pop("_instantiator", None)
-    class_path = config.setdefault("_class_path", f"{FashionMNISTDataModule.__module__}.FashionMNISTDataModule")
-    module, _, name = class_path.rpartition(".")
-    accepted = inspect.signature(getattr(importlib.import_module(module), name)).parameters
+    config.setdefault("_class_path", FASHION_MNIST)
+    accepted = inspect.signature(datamodule_class(checkpoint)).parameters
     config.update({k: v for k, v in overrides.items() if v is not None and k in accepted})
     return instantiate_module(L.LightningDataModule, config)
