@@ -24,7 +24,7 @@ FORMAT ?= onnx
 
 .DEFAULT_GOAL := help
 .PHONY: help install lock data train test test-fast lint tensorboard sweep dashboard bench crosscheck \
-	reference-demo predict export report rename clean
+	reference-demo predict export serve bench-serve report rename clean
 
 help: ## list the targets, one line each
 	@grep -E '^[a-z][a-z-]*:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -95,6 +95,13 @@ predict: $(INSTALLED) $(DATA) ## predict IMAGES=folder (default: the test set) w
 
 export: $(INSTALLED) ## export CKPT (default best) as FORMAT=onnx|pt2|torchscript|state_dict|safetensors
 	$(BIN)/fashion-mnist export --ckpt_path $(CKPT) --format $(FORMAT) $(ARGS)
+
+serve: PORT = 8000
+serve: $(INSTALLED) ## serve CKPT (default best) on http://127.0.0.1:PORT (8000): web page + API; Ctrl-C stops
+	$(BIN)/fashion-mnist serve --ckpt_path $(CKPT) --port $(PORT) $(ARGS)
+
+bench-serve: $(INSTALLED) $(DATA) ## requests/s and latency of serve, with vs without dynamic batching (CKPT=...)
+	$(PY) benchmarks/serve.py --ckpt_path $(CKPT) $(ARGS)
 
 report: $(INSTALLED) $(DATA) ## curves, confusion matrices, per-class table, confident mistakes -> <run>/report/ (CKPT=...)
 	$(BIN)/fashion-mnist report --ckpt_path $(CKPT) --data_dir $(DATA_DIR)
