@@ -6,7 +6,8 @@ inference process): (a) the defaults (up to 16 requests merged within 5 ms), (b)
 request its own forward pass). N client threads, each on its own keep-alive connection, send M single-image
 requests (a Fashion-MNIST test image as PNG, raw bytes) as fast as answers come back. Per server: requests/s,
 latency p50/p99, errors and the mean batch size (from each answer's ``batch_size``). The servers run in turn, a
-few rounds each, in the same run. Writes benchmarks/results/serve.json.
+few rounds each, in the same run. Writes benchmarks/results/serve_<network>.json (SeedCNN: make train's model;
+AirNet: configs/strong.yaml's, whose test-time augmentation costs six forward passes per image).
 
     python benchmarks/serve.py [--ckpt_path best] [--clients 16] [--requests 100] [--rounds 3]
 """
@@ -133,12 +134,14 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=100, help="per client")
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    body, figures = test_image_png(), {name: [] for name in SERVERS}
+    body, figures, network = test_image_png(), {name: [] for name in SERVERS}, "model"
     for round_ in range(args.rounds):
         for name, flags in SERVERS.items():
             process, url = start(args.ckpt_path, flags, RESULTS / f"serve_{name}.log")
             try:
                 load(url, body, "image/png", args.clients, 5)  # warm-up
+                with urllib.request.urlopen(f"{url}/info", timeout=10) as response:
+                    network = json.load(response)["model"]["model"]
                 figures[name].append(load(url, body, "image/png", args.clients, args.requests))
             finally:
                 stop(process)
@@ -147,10 +150,17 @@ def main() -> int:
         name: {key: statistics.median(r[key] for r in rounds) for key in rounds[0]} for name, rounds in figures.items()
     }
     summary["speedup"] = summary["batching"]["requests_per_s"] / summary["one_per_forward"]["requests_per_s"]
-    result = {"command": " ".join(["python", "benchmarks/serve.py", *sys.argv[1:]]), "clients": args.clients,
-              "requests_per_client": args.requests, "cpus": os.cpu_count(), "median": summary, "rounds": figures}  # fmt: skip
+    result = {
+        "command": " ".join(["python", "benchmarks/serve.py", *sys.argv[1:]]),
+        "network": network,
+        "clients": args.clients,
+        "requests_per_client": args.requests,
+        "cpus": os.cpu_count(),
+        "median": summary,
+        "rounds": figures,
+    }
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "serve.json").write_text(json.dumps(result, indent=2) + "\n")
+    (RESULTS / f"serve_{network}.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(summary, indent=2))
     return 0
 

@@ -11,6 +11,7 @@ import torch
 from conftest import SMALL, Workspace, weights
 from fashion_mnist_lightning.image_folder import ImageFolderDataModule
 from helpers.photos import write_photo_folder
+from helpers.serving import bench, csv_probabilities, multipart, predict, request
 
 CLASSES = ["circle", "square", "triangle"]
 FOLDER = "fashion-mnist fit --config configs/folder.yaml"
@@ -62,6 +63,22 @@ def test_fit_on_a_folder_of_photos_links_classes_and_shape_then_predicts_new_pho
     assert [r["file"] for r in rows] == [*names, "notes.txt"]
     assert list(rows[0].keys())[3:6] == CLASSES and rows[0]["predicted"] in CLASSES
     assert rows[-1]["error"] and not rows[0]["error"]
+
+    # served: the photos' own classes and colour input, the same numbers as predict; SIGTERM stops it cleanly
+    best = next((run / "checkpoints").glob("epoch*.ckpt"))
+    process, url = bench.start(str(best), [], photos.path / "serve.log", cwd=photos.path)
+    try:
+        info = request(url, "GET", "/info")[1]["model"]
+        assert info["class_names"] == CLASSES and info["input_shape"] == [3, 64, 64]
+        status, answer = predict(url, *multipart([("images", n, (new / n).read_bytes()) for n in names]))
+    finally:
+        assert bench.stop(process) == 0
+    expected = csv_probabilities(run / "evaluations/predict_0/predictions.csv")
+    assert status == 200 and [a["file"] for a in answer["predictions"]] == names
+    for a in answer["predictions"]:
+        assert max(abs(a["probabilities"][c] - p) for c, p in zip(CLASSES, expected[a["file"]])) <= 1e-6
+    output = (photos.path / "serve.log").read_text()
+    assert "server stopped" in output and "Traceback" not in output, output[-3000:]
 
 
 def test_colour_32px_with_its_own_val_and_test_folders_through_the_strong_recipe_report_and_export(photos):

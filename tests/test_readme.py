@@ -31,7 +31,14 @@ FIT_LIMITS = [
     "--trainer.limit_test_batches=2",
 ]
 EVAL_LIMITS = ["--trainer.limit_val_batches=2", "--trainer.limit_test_batches=2", "--trainer.limit_predict_batches=2"]
-SERVERS = {"tensorboard": "/data/runs", "dashboard": "/api/studies"}  # make target -> a URL path it answers
+MAKE_LIMITS = {
+    "train": FIT_LIMITS,
+    "predict": EVAL_LIMITS,
+    "bench": ["--smoke"],
+    "bench-serve": ["--rounds=1", "--requests=5"],
+}
+SERVERS = {"tensorboard": "/data/runs", "dashboard": "/api/studies", "serve": "/health"}  # make target -> a URL path
+ELSEWHERE_LINES = {"curl": "tests/test_serve.py"}  # README "Serving"'s curl lines: run as written against a server
 THE_SUITE = {"test", "test-fast"}  # the targets that run this very suite: never from inside it
 # a README `make` runs as typed in a fresh shell: not with the variables of the `make test ARGS=...` that runs this
 FRESH_MAKE = {"MAKEFLAGS": "", "MAKEOVERRIDES": "", "MAKELEVEL": "", "ARGS": ""}
@@ -107,7 +114,7 @@ def with_limits(command: str) -> tuple[dict[str, str], list[str]]:
             return env, words
         return env, words + missing(FIT_LIMITS if sub == "fit" else EVAL_LIMITS, words)
     if words[0] == "make":
-        extra = {"train": FIT_LIMITS, "predict": EVAL_LIMITS, "bench": ["--smoke"]}.get(words[1], [])
+        extra = MAKE_LIMITS.get(words[1], [])
         if extra:
             user = shlex.split(next((w.split("=", 1)[1] for w in words if w.startswith("ARGS=")), ""))
             words = [w for w in words if not w.startswith("ARGS=")] + ["ARGS=" + " ".join(user + missing(extra, user))]
@@ -146,9 +153,16 @@ def run_command(clone: Clone, command: str) -> None:
     if words[0] == "make" and words[1] in ELSEWHERE:
         assert command in (ROOT / ELSEWHERE[words[1]]).read_text()  # run there, as written, in a copy of its own
         return
+    if words[0] in ELSEWHERE_LINES:
+        assert "README.md" in (ROOT / ELSEWHERE_LINES[words[0]]).read_text()  # that test reads them from here
+        return
     if words[0] == "make" and words[1] in SERVERS:
         port = free_port()
         serve(clone, [*words, f"PORT={port}"], SERVERS[words[1]], port)
+        return
+    if words[:2] == ["fashion-mnist", "serve"]:
+        port = free_port()
+        serve(clone, [*words, "--port", str(port)], "/health", port)
         return
     env, argv = with_limits(command)
     if argv[0] == "torchrun":
@@ -200,7 +214,7 @@ def test_every_readme_command_is_covered():
     for command in COMMANDS:
         head = shlex.split(command)
         head = [w for w in head if not re.fullmatch(r"[A-Z_]+=\S*", w)][0]
-        assert head in ("fashion-mnist", "make", "torchrun"), f"README command with no runner here: {command}"
+        assert head in ("fashion-mnist", "make", "torchrun", *ELSEWHERE_LINES), f"no runner for: {command}"
 
 
 def test_every_make_target_is_in_the_readme():

@@ -160,8 +160,11 @@ def test_the_readme_curl_lines_run_as_written(served, images, tmp_path):
         argv = shlex.split(line.replace("http://127.0.0.1:8000", served["url"]))
         result = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=60)
         assert result.returncode == 0, f"{line}: {result.stderr}"
+        if line.endswith("/health"):
+            assert result.stdout == "ok", result.stdout
+            continue
         answer = json.loads(result.stdout)
-        assert answer, line
+        assert {"class", "predictions", "model"} & set(answer), f"{line}: {answer}"
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -173,8 +173,11 @@ class FashionMNISTClassifier(L.LightningModule):
         return self.network(images)  # (N, C, H, W) float in [0, 1] -> (N, classes) logits
 
     def evaluate(self, images: torch.Tensor) -> torch.Tensor:
-        """Logits for evaluation: the weighted mean of the logits of the views ``tta`` names. (N, classes)"""
-        return sum(weight * self(view) for weight, view in TTA_VIEWS[self.tta](images))
+        """Logits for evaluation: the weighted mean of the logits of the views ``tta`` names. (N, classes). The views
+        go through the network as one batch (V*N, C, H, W): one forward pass instead of V small ones."""
+        weights, views = zip(*TTA_VIEWS[self.tta](images))
+        logits = self(torch.cat(views) if len(views) > 1 else views[0])  # (V*N, classes)
+        return sum(w * part for w, part in zip(weights, logits.split(len(images))))
 
     # ------------------------------------------------------------------------------------------------
     # steps

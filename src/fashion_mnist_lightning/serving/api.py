@@ -14,13 +14,15 @@ from fashion_mnist_lightning.extras.loading import load_classifier
 
 
 class ClassifierAPI(ls.LitAPI):
-    def __init__(self, ckpt_path: str, max_batch_size: int = 16, batch_timeout: float = 0.005, threads: int = 1):
+    def __init__(
+        self, ckpt_path: str, max_batch_size: int = 16, batch_timeout: float = 0.005, threads: int | None = None
+    ):
         super().__init__(max_batch_size=max_batch_size, batch_timeout=batch_timeout, api_path="/predict")
         self.ckpt_path = ckpt_path  # checked by the serve command; each inference process loads it in setup
-        self.threads = threads  # torch threads per inference process on a CPU
+        self.threads = threads  # torch threads per inference process on a CPU (None: torch's default)
 
     def setup(self, device: str) -> None:
-        if device == "cpu":
+        if device == "cpu" and self.threads:
             torch.set_num_threads(self.threads)
         self.model = load_classifier(self.ckpt_path)[0].to(device)  # weights_only, eval mode
         self.device = device

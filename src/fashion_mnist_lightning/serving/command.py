@@ -43,8 +43,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max_images", type=int, default=64, help="most images in one request")
     p.add_argument("--max_pixels", type=int, default=40_000_000, help="largest image (width x height) decoded")
     p.add_argument("--workers", type=int, default=1, help="inference processes (each holds a copy of the model)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads per inference process on a CPU (the HTTP "
-                   "process decodes images beside it: on 2 cores, 1 thread each measured fastest)")  # fmt: skip
+    p.add_argument("--threads", type=int, help="torch threads per inference process (default: torch's, one per core)")
     p.add_argument("--log_level", default="warning", choices=["debug", "info", "warning", "error"])
     return p
 
@@ -56,7 +55,7 @@ def check(args: argparse.Namespace) -> None:
     if not 1024 <= args.port <= 65535:
         raise UserError(f"--port {args.port}: pass a port from 1024 to 65535")
     for name in ("max_batch_size", "max_images", "max_pixels", "workers", "threads"):
-        if getattr(args, name) < 1:
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             raise UserError(f"--{name} {getattr(args, name)}: pass a whole number of at least 1")
     if not 0 <= args.batch_timeout < 1 or args.max_upload_mb <= 0:
         raise UserError("--batch_timeout is seconds in [0, 1) and --max_upload_mb a positive size")
