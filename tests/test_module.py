@@ -96,9 +96,12 @@ def test_norm_lr_scale_multiplies_the_normalisation_groups_lr_with_and_without_o
     assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([0.1, 0.1, 6.4])  # max_lr / 5 to start
 
 
-def test_flip_shift_tta_weights_the_six_views():
+@pytest.mark.parametrize("one_pass_up_to", [256, 0])  # the views in one forward pass (a served request), or apart
+def test_flip_shift_tta_weights_the_six_views(monkeypatch, one_pass_up_to):
+    from fashion_mnist_lightning import module
     from fashion_mnist_lightning.data.augment import shift
 
+    monkeypatch.setattr(module, "ONE_PASS_TTA_IMAGES", one_pass_up_to)
     torch.manual_seed(0)
     model = FashionMNISTClassifier(network=VGGNet(width=4), tta="flip_shift").eval()
     images = torch.rand(3, 1, 28, 28)

@@ -31,6 +31,9 @@ TTA_VIEWS = {
         *((0.125, shift(view, d, d)) for view in (x, x.flip(-1)) for d in (-1, 1)),
     ],
 }
+# the views of at most this many images in one forward pass (measured with AirNet on 2 CPU cores, 6 views: one image
+# 5.7 ms instead of 12.9, sixteen 29 ms instead of 45; but 500 images 1.40 s instead of 0.98)
+ONE_PASS_TTA_IMAGES = 256
 
 
 class ScheduleLengthError(UserError, ValueError):
@@ -173,11 +176,13 @@ class FashionMNISTClassifier(L.LightningModule):
         return self.network(images)  # (N, C, H, W) float in [0, 1] -> (N, classes) logits
 
     def evaluate(self, images: torch.Tensor) -> torch.Tensor:
-        """Logits for evaluation: the weighted mean of the logits of the views ``tta`` names. (N, classes). The views
-        go through the network as one batch (V*N, C, H, W): one forward pass instead of V small ones."""
+        """Logits for evaluation: the weighted mean of the logits of the views ``tta`` names. (N, classes). Few images
+        (a served request) go through the network as one batch of all views (V*N, C, H, W): one forward pass
+        instead of V small ones; a large evaluation batch view by view, which is faster there."""
         weights, views = zip(*TTA_VIEWS[self.tta](images))
-        logits = self(torch.cat(views) if len(views) > 1 else views[0])  # (V*N, classes)
-        return sum(w * part for w, part in zip(weights, logits.split(len(images))))
+        if len(views) > 1 and len(views) * len(images) <= ONE_PASS_TTA_IMAGES:
+            return sum(w * part for w, part in zip(weights, self(torch.cat(views)).split(len(images))))
+        return sum(w * self(view) for w, view in zip(weights, views))
 
     # ------------------------------------------------------------------------------------------------
     # steps
