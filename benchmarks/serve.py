@@ -162,6 +162,7 @@ def main() -> int:
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"serve_{network}.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(summary, indent=2))
+    print(f"wrote {RESULTS / f'serve_{network}.json'}")
     return 0
 
 

@@ -9,6 +9,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import threading
@@ -124,6 +125,7 @@ def bad_requests(images: Path, tmp: Path) -> list[tuple[str, str, str, bytes, st
         ("a batch over --max_images", "POST", "/predict", many, kind, 413),
         ("JSON that is not JSON", "POST", "/predict", b"{images: ", "application/json", 400),
         ("JSON without images", "POST", "/predict", b'{"pictures": []}', "application/json", 400),
+        ("an empty list of images", "POST", "/predict", b'{"images": []}', "application/json", 400),
         ("base64 that is not", "POST", "/predict", b'{"image": "%%%"}', "application/json", 400),
         ("an empty part", "POST", "/predict", *multipart([("image", "empty.png", b"")]), 400),
         ("an unknown route", "GET", "/nothing-here", b"", None, 404),
@@ -142,6 +144,49 @@ def test_bad_input_is_one_line_4xx_and_the_server_keeps_answering(served, images
         status, answer = predict(url, good.read_bytes())
         assert status == 200 and close(probabilities(answer), reference[good.name]), f"after {what}"
     assert not TRACEBACK.search(served["log"].read_text()), served["log"].read_text()[-3000:]
+
+
+def test_bad_requests_sent_among_good_ones_spoil_none_of_the_good_ones(served, images, tmp_path):
+    """A bad request must never reach a batch: LitServe fails every request of a batch when one of them fails."""
+    url, bad, done = served["url"], bad_requests(images, tmp_path), threading.Event()
+
+    def send_bad():
+        while not done.is_set():
+            for _, method, path, body, kind, expected in bad:
+                assert request(url, method, path, body, kind)[0] == expected
+
+    senders = [threading.Thread(target=send_bad) for _ in range(2)]
+    for sender in senders:
+        sender.start()
+    figures = bench.load(url, (images / "00000_9.png").read_bytes(), "image/png", clients=6, requests=15)
+    done.set()
+    for sender in senders:
+        sender.join(timeout=120)
+    assert figures["errors"] == 0, figures
+
+
+def no_server_on(port: str) -> bool:
+    """No process of a server on ``port`` is left, and the port can be listened on again."""
+    if subprocess.run(["pgrep", "-f", f"--port {port}"], capture_output=True).stdout:
+        return False
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        return probe.connect_ex(("127.0.0.1", int(port))) != 0
+
+
+def test_a_second_ctrl_c_stops_at_once_and_a_killed_parent_takes_the_server_with_it(served, tmp_path):
+    for how in ("double Ctrl-C", "kill -9 of the command"):
+        process, url = bench.start(str(served["ckpt"]), [], tmp_path / "serve.log", cwd=tmp_path)
+        port = url.rsplit(":", 1)[1]
+        if how == "double Ctrl-C":
+            os.killpg(process.pid, signal.SIGINT)
+            time.sleep(0.3)
+            os.killpg(process.pid, signal.SIGINT)
+            assert process.wait(timeout=60) in (0, 130)
+        else:
+            process.kill()
+            process.wait(timeout=30)
+        wait_for(lambda port=port: no_server_on(port), 30, f"every server process to exit after a {how}")
 
 
 def test_concurrent_clients_are_batched_into_shared_forward_passes(served, images):
@@ -244,13 +289,11 @@ def test_ctrl_c_answers_the_requests_in_flight_then_exits_0_leaving_no_process(s
     for client in clients:
         client.start()
     time.sleep(0.05)
-    os.killpg(process.pid, 2)  # SIGINT to the whole process group: what Ctrl-C in a terminal does
+    os.killpg(process.pid, signal.SIGINT)  # SIGINT to the whole process group: what Ctrl-C in a terminal does
     for client in clients:
         client.join(timeout=60)
     assert process.wait(timeout=60) == 0
     output = served["log"].read_text()
     assert answers.count(200) == len(answers) == 12, answers
     assert "server stopped" in output and not TRACEBACK.search(output), output[-3000:]
-    port = url.rsplit(":", 1)[1]
-    wait_for(lambda: not subprocess.run(["pgrep", "-f", f"--port {port}"], capture_output=True).stdout, 30,
-             "every server process to exit")  # fmt: skip
+    wait_for(lambda: no_server_on(url.rsplit(":", 1)[1]), 30, "every server process to exit")

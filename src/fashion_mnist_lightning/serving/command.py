@@ -10,8 +10,8 @@ Binds to 127.0.0.1 (this machine only) unless --host says otherwise. Ctrl-C or S
 flight are answered first.
 """
 
-import _thread
 import argparse
+import contextlib
 import os
 import signal
 import socket
@@ -28,6 +28,7 @@ from fashion_mnist_lightning.module import FashionMNISTClassifier
 from fashion_mnist_lightning.runs.folders import resolve_checkpoint
 
 HOSTS = ("127.0.0.1", "0.0.0.0", "::")  # what LitServe binds to: this machine, or every IPv4 / IPv6 interface
+ALIASES = {"localhost": "127.0.0.1"}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -75,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     and SIGTERM into one SIGTERM for the server, which stops its HTTP processes first (they answer what is in
     flight) and its model last."""
     args = parser().parse_args(argv)
+    args.host = ALIASES.get(args.host, args.host)
     check(args)
     try:
         import litserve  # noqa: F401
@@ -93,9 +95,19 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             sys.stdout.flush(), sys.stderr.flush()
             os._exit(code)
+    stops = []
+
+    def forward(signum, frame):  # the first Ctrl-C / SIGTERM: a graceful stop; a second one: stop everything now
+        stops.append(signum)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signal.SIGTERM) if len(stops) == 1 else os.killpg(child, signal.SIGKILL)
+
     for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: os.kill(child, signal.SIGTERM))
-    return os.waitstatus_to_exitcode(os.waitpid(child, 0)[1])
+        signal.signal(signum, forward)
+    code = os.waitstatus_to_exitcode(os.waitpid(child, 0)[1])
+    with contextlib.suppress(ProcessLookupError):  # whatever the server's session still holds (none after a clean
+        os.killpg(child, signal.SIGKILL)  # stop): nothing keeps the port after this command has returned
+    return 128 + stops[-1] if len(stops) > 1 else code
 
 
 def serve(args: argparse.Namespace, model: FashionMNISTClassifier, ckpt_path: Path, fashion_like: bool) -> int:
@@ -132,15 +144,19 @@ def stop_on_sigterm(parent: int) -> None:
     drained). If the parent is gone (killed), the server stops within a second instead of living on."""
     server = os.getpid()
 
+    stopping = []
+
     def stop(signum, frame):
         if os.getpid() != server:
             sys.exit(0)
-        raise KeyboardInterrupt
+        if not stopping:  # once: a second KeyboardInterrupt inside LitServe's shutdown would leave its HTTP process
+            stopping.append(signum)
+            raise KeyboardInterrupt
 
     def watch_parent():
         while os.getppid() == parent:
             time.sleep(1)
-        _thread.interrupt_main(signal.SIGTERM)
+        os.kill(server, signal.SIGTERM)  # a real signal: it also interrupts the main thread's blocking wait
 
     signal.signal(signal.SIGTERM, stop)
     threading.Thread(target=watch_parent, daemon=True, name="parent-watch").start()

@@ -80,6 +80,8 @@ def json_images(body: bytes) -> tuple[list[tuple[str, bytes]], bool]:
         items, as_list = document["images"], True
     else:
         raise UploadError(400, 'JSON must be {"image": base64} or {"images": [base64, ...]}')
+    if not items:
+        raise UploadError(400, 'JSON "images" is an empty list: put at least one base64 image in it')
     files = []
     for i, item in enumerate(items):
         try:
