@@ -18,6 +18,7 @@ import socket
 import sys
 import threading
 import time
+import traceback
 from importlib import resources
 from pathlib import Path
 
@@ -92,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             os.setsid()  # the server and its processes: out of the terminal's process group
             code = serve(args, model, ckpt_path, fashion_like)
+        except BaseException:  # a failure of the server itself (a bug): its traceback, then exit 1
+            traceback.print_exc()
         finally:
             sys.stdout.flush(), sys.stderr.flush()
             os._exit(code)
