@@ -11,6 +11,7 @@ import os
 import re
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -250,6 +251,13 @@ def trained_airnet(tmp_path_factory, real_data_dir) -> Path:
         "--trainer.max_epochs=1 --trainer.limit_train_batches=12 --trainer.limit_val_batches=1 "
         "--trainer.check_val_every_n_epoch=1",
     )
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on (for a server a test starts)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def wait_for(condition, timeout: float, what: str, process: subprocess.Popen | None = None) -> None:

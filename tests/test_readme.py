@@ -8,7 +8,6 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import time
 import urllib.request
 from pathlib import Path
@@ -18,7 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import FASHION_MNIST, REAL_DATA_DIR, ROOT, Workspace
+from conftest import FASHION_MNIST, REAL_DATA_DIR, ROOT, Workspace, free_port
 from fashion_mnist_lightning.data.files import CACHE_NAME, load_cache
 from helpers.photos import write_photo_folder
 from test_lock import assert_lock_matches
@@ -119,12 +118,6 @@ def with_limits(command: str) -> tuple[dict[str, str], list[str]]:
             user = shlex.split(next((w.split("=", 1)[1] for w in words if w.startswith("ARGS=")), ""))
             words = [w for w in words if not w.startswith("ARGS=")] + ["ARGS=" + " ".join(user + missing(extra, user))]
     return env, words
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
 
 
 def serve(clone: Clone, argv: list[str], path: str, port: int) -> None:

@@ -2,7 +2,6 @@
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -15,7 +14,7 @@ import torch
 from matplotlib.image import imread
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import Workspace
+from conftest import Workspace, free_port
 from fashion_mnist_lightning.extras.report import class_statistics, most_confident_mistakes, read_curves
 
 
@@ -99,12 +98,6 @@ def test_report_on_a_missing_checkpoint_is_one_line(tool):
 
 # ----------------------------------------------------------------------------------------------------
 # the real TensorBoard server, as `make tensorboard` starts it
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
 
 
 def get(url: str, body: dict | None = None) -> bytes:

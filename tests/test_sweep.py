@@ -5,7 +5,6 @@ import csv
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -14,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT, finish, progress, wait_for
+from conftest import ROOT, finish, free_port, progress, wait_for
 
 TINY = {
     "trainer.max_epochs": 2,
@@ -201,12 +200,6 @@ def test_multi_seed_statistics(workspace):
     line = next(line for line in result.output.splitlines() if line.startswith("test/acc over 5 trials"))
     values = [100 * float(r["test/acc"]) for r in table]
     assert f"min {min(values):.2f}%" in line and f"max {max(values):.2f}%" in line
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

@@ -70,8 +70,6 @@ class UploadsToInputs:
 
     def payload(self, content_type: str, body: bytes, previews: bool) -> bytes:
         files, as_list = split_body(content_type, body)
-        if not files:  # never an empty request in a batch: it would fail the other requests merged with it
-            raise UploadError(400, "the request holds no image: send at least one")
         if len(files) > self.max_images:
             raise UploadError(413, f"{len(files)} images in one request is over the limit of {self.max_images} "
                               "(--max_images): split the batch")  # fmt: skip

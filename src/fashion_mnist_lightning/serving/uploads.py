@@ -23,6 +23,7 @@ import torch
 from PIL import Image
 
 from fashion_mnist_lightning.data.images import model_input
+from fashion_mnist_lightning.errors import first_line
 
 FORMATS = ["PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF", "PPM"]  # what an upload may be (Pillow's names)
 
@@ -41,16 +42,20 @@ def split_body(content_type: str, body: bytes) -> tuple[list[tuple[str, bytes]],
         raise UploadError(400, "the request body is empty: send an image file (see GET /info for the input shape)")
     kind = content_type.split(";")[0].strip().lower()
     if kind.startswith("image/") or kind == "application/octet-stream":
-        return [("the image", body)], False
-    if kind == "multipart/form-data":
-        return multipart_files(content_type, body)
-    if kind == "application/json":
-        return json_images(body)
-    raise UploadError(
-        415,
-        f"Content-Type {kind or '(none)'} is not accepted: send an image (image/png, image/jpeg, ...), "
-        'multipart/form-data or JSON {"images": [base64, ...]}',
-    )
+        files, as_list = [("the image", body)], False
+    elif kind == "multipart/form-data":
+        files, as_list = multipart_files(content_type, body)
+    elif kind == "application/json":
+        files, as_list = json_images(body)
+    else:
+        raise UploadError(
+            415,
+            f"Content-Type {kind or '(none)'} is not accepted: send an image (image/png, image/jpeg, ...), "
+            'multipart/form-data or JSON {"images": [base64, ...]}',
+        )
+    if not files:  # never an empty request in a batch: it would fail the other requests merged with it
+        raise UploadError(400, "the request holds no image: send at least one")
+    return files, as_list
 
 
 def multipart_files(content_type: str, body: bytes) -> tuple[list[tuple[str, bytes]], bool]:
@@ -64,8 +69,6 @@ def multipart_files(content_type: str, body: bytes) -> tuple[list[tuple[str, byt
         field = part.get_param("name", header="content-disposition") or ""
         files.append((part.get_filename() or field or "image", part.get_payload(decode=True) or b""))
         as_list = as_list or field == "images"
-    if not files:
-        raise UploadError(400, "the multipart body has no files: attach the image as a file field")
     return files, as_list or len(files) > 1
 
 
@@ -80,8 +83,6 @@ def json_images(body: bytes) -> tuple[list[tuple[str, bytes]], bool]:
         items, as_list = document["images"], True
     else:
         raise UploadError(400, 'JSON must be {"image": base64} or {"images": [base64, ...]}')
-    if not items:
-        raise UploadError(400, 'JSON "images" is an empty list: put at least one base64 image in it')
     files = []
     for i, item in enumerate(items):
         try:
@@ -111,8 +112,7 @@ def to_input(name: str, data: bytes, shape: tuple[int, int, int], fashion_like: 
             400, f"{name} is not an image this server reads ({', '.join(FORMATS)}): send the image file itself"
         ) from None
     except (OSError, SyntaxError, ValueError) as err:  # truncated data, a corrupt header, an impossible mode
-        why = str(err).splitlines()[0] if str(err) else "corrupt"
-        raise UploadError(400, f"{name} cannot be decoded ({why}): send the whole image file") from None
+        raise UploadError(400, f"{name} cannot be decoded ({first_line(err)}): send the whole image file") from None
 
 
 def preview(image: torch.Tensor) -> str:
