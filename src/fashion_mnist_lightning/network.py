@@ -179,7 +179,9 @@ class AirNet(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = F.gelu(self.whiten(self.normalize(images)))  # (N, C, 28, 28) -> (N, 8C, 27, 27)
         x = self.groups(x)  # -> (N, w0, 13, 13) -> (N, w1, 6, 6) -> (N, w2, 3, 3)
-        return self.head(x.amax(dim=(2, 3))) * self.logit_scale  # global max-pool (N, w2) -> logits (N, classes)
+        # global max-pool (N, w2) in float32: the same values and gradients eagerly, and torch.compile's bf16 amax
+        # backward gave NaN gradients (torch 2.15 on the CPU, found by benchmarks/gpu_check.sh's test)
+        return self.head(x.float().amax(dim=(2, 3))) * self.logit_scale  # -> logits (N, classes)
 
     @torch.no_grad()
     def init_from_data(self, images: torch.Tensor, eps: float = 5e-4) -> None:
