@@ -1,9 +1,10 @@
-"""The batched augmentation: what it may do to an image, and that it only runs while training."""
+"""The batched augmentation: what it may do to an image, and that it only runs while training; the alternating flip."""
 
+import pytest
 import torch
 import torch.nn.functional as F
 
-from fashion_mnist_lightning.data.augment import augment_batch, random_crop, random_hflip
+from fashion_mnist_lightning.data.augment import augment_batch, mirror_half, random_crop, random_hflip
 from fashion_mnist_lightning.datamodule import FashionMNISTDataModule
 
 
@@ -47,8 +48,9 @@ def test_augmentation_runs_only_while_training():
     images = torch.randint(0, 256, (8, 1, 28, 28), dtype=torch.uint8)
     labels = torch.arange(8)
 
-    class Trainer:  # the one attribute the hook reads
+    class Trainer:  # the attributes the hook reads
         training = False
+        current_epoch = 0
 
     datamodule.trainer = Trainer()
     out, _ = datamodule.on_after_batch_transfer((images, labels), 0)
@@ -57,3 +59,43 @@ def test_augmentation_runs_only_while_training():
     torch.manual_seed(0)
     out, _ = datamodule.on_after_batch_transfer((images, labels), 0)
     assert not torch.equal(out, images.float() / 255) and out.min() >= 0 and out.max() <= 1
+
+
+def test_mirror_half_mirrors_a_seeded_half_once():
+    images = torch.rand(200, 1, 28, 28)
+    half = mirror_half(images, seed=3)
+    mirrored = [torch.equal(o, i.flip(-1)) for i, o in zip(images, half)]
+    assert all(m or torch.equal(o, i) for m, o, i in zip(mirrored, half, images)) and 70 < sum(mirrored) < 130
+    assert torch.equal(half, mirror_half(images, seed=3)) and not torch.equal(half, mirror_half(images, seed=4))
+
+
+def test_the_alternating_flip_mirrors_every_image_in_odd_epochs_and_draws_no_random_numbers():
+    images = torch.rand(16, 1, 28, 28)
+    state = torch.get_rng_state()
+    assert torch.equal(augment_batch(images, 0, "alternate", epoch=0), images)
+    assert torch.equal(augment_batch(images, 0, "alternate", epoch=1), images.flip(-1))
+    assert torch.equal(augment_batch(images, 0, "alternate", epoch=4), images)
+    assert torch.equal(torch.get_rng_state(), state)  # the order of the other random draws is unchanged
+
+
+def test_with_the_alternating_flip_each_training_image_is_seen_both_ways_and_val_test_never(real_data_dir):
+    plain = FashionMNISTDataModule(data_dir=str(real_data_dir), val_size=1000)
+    alternate = FashionMNISTDataModule(data_dir=str(real_data_dir), val_size=1000, hflip="alternate")
+    for datamodule in (plain, alternate):
+        datamodule.setup("fit")
+    assert torch.equal(alternate.train_set.images, mirror_half(plain.train_set.images, alternate.seed))
+    assert torch.equal(alternate.val_set.images, plain.val_set.images)
+    assert torch.equal(alternate.test_set.images, plain.test_set.images)
+
+    class Trainer:
+        training, current_epoch = True, 1
+
+    alternate.trainer = Trainer()
+    batch = alternate.train_set.images[:8], alternate.train_set.labels[:8]
+    out, _ = alternate.on_after_batch_transfer(batch, 0)
+    assert torch.equal(out, batch[0].flip(-1).float() / 255)  # odd epoch: the other orientation
+
+
+def test_a_flip_setting_that_is_not_one_is_refused():
+    with pytest.raises(ValueError, match="--data.hflip must be true, false or alternate"):
+        FashionMNISTDataModule(hflip="sometimes")

@@ -15,12 +15,13 @@ resume) and under DDP each process takes its share. A data set plugs in by ``loa
 
 import sys
 from pathlib import Path
+from typing import Literal
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from fashion_mnist_lightning.data.augment import augment_batch
+from fashion_mnist_lightning.data.augment import augment_batch, mirror_half
 from fashion_mnist_lightning.data.files import CLASS_NAMES, DataError, load_cache, prepare
 from fashion_mnist_lightning.data.images import read_folder
 from fashion_mnist_lightning.data.sampler import EpochShuffle, ImageBatches, keep_batch, split_indices
@@ -51,7 +52,7 @@ class InMemoryImages(L.LightningDataModule):
         seed: int,
         data_on_device: bool,
         crop_padding: int,
-        hflip: bool,
+        hflip: bool | Literal["alternate"],
         predict_dir: str | None,
     ):
         super().__init__()
@@ -62,6 +63,8 @@ class InMemoryImages(L.LightningDataModule):
         ):
             if value < low:
                 raise ValueError(f"--data.{name} must be >= {low}, got {value}")
+        if hflip not in (True, False, "alternate"):
+            raise ValueError(f"--data.hflip must be true, false or alternate, got {hflip!r}")
         self.batch_size, self.eval_batch_size, self.seed = batch_size, eval_batch_size, seed
         self.data_on_device = data_on_device
         self.crop_padding, self.hflip = crop_padding, hflip
@@ -81,6 +84,8 @@ class InMemoryImages(L.LightningDataModule):
         if hasattr(self, "test_set"):
             return
         splits = self.load_splits()
+        if self.hflip == "alternate":  # epoch 0's orientation of each image; odd epochs mirror it
+            splits = {**splits, "train": (mirror_half(splits["train"][0], self.seed), splits["train"][1])}
         self.train_set, self.val_set, self.test_set = (ImageBatches(*splits[name]) for name in ("train", "val", "test"))
         if self.data_on_device and self.trainer is not None:
             device = self.trainer.strategy.root_device
@@ -113,7 +118,7 @@ class InMemoryImages(L.LightningDataModule):
             images = images.float().div_(255)  # (B, C, H, W) float in [0, 1]; labels (B,) int64
         training = labels is not None and self.trainer is not None and self.trainer.training
         if training and (self.crop_padding or self.hflip):
-            images = augment_batch(images, self.crop_padding, self.hflip)
+            images = augment_batch(images, self.crop_padding, self.hflip, self.trainer.current_epoch)
         return images if labels is None else (images, labels)
 
     # ------------------------------------------------------------------------------------------------
@@ -177,7 +182,8 @@ class FashionMNISTDataModule(InMemoryImages):
         data_on_device: bool = False,  # keep the whole uint8 data set on the training device (GPU) and batch
         # there: no host-to-device copy per step
         crop_padding: int = 0,  # training only: shift each image by up to this many pixels (random crop), 0 = off
-        hflip: bool = False,  # training only: mirror each image left-right with probability 0.5
+        hflip: bool | Literal["alternate"] = False,  # training only: mirror each image left-right with probability
+        # 0.5; "alternate": every image mirrored every other epoch (airbench's derandomised flip)
         predict_dir: str | None = None,  # predict: a folder of image files (PNG, JPEG, ...); None = the test set
     ):
         super().__init__(batch_size, eval_batch_size, seed, data_on_device, crop_padding, hflip, predict_dir)

@@ -9,6 +9,8 @@ read is a row in ``<cache>-skipped.csv`` and a line on stderr, never a silent dr
 in-memory path as Fashion-MNIST: batches by index, floats and augmentation on the device, exact resume, DDP.
 """
 
+from typing import Literal
+
 import torch
 
 from fashion_mnist_lightning.data.folder import load_folder
@@ -33,7 +35,8 @@ class ImageFolderDataModule(InMemoryImages):
         seed: int = 42,  # fixes the splits and the shuffle order of every epoch
         data_on_device: bool = False,  # keep the uint8 data set on the training device (GPU)
         crop_padding: int = 0,  # training only: random shifts of up to this many pixels, 0 = off
-        hflip: bool = False,  # training only: mirror each image left-right with probability 0.5
+        hflip: bool | Literal["alternate"] = False,  # training only: mirror left-right with probability 0.5;
+        # "alternate": every image mirrored every other epoch
         predict_dir: str | None = None,  # predict: a folder of image files; None = the test split
     ):
         super().__init__(batch_size, eval_batch_size, seed, data_on_device, crop_padding, hflip, predict_dir)

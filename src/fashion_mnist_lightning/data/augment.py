@@ -1,5 +1,9 @@
 """Augmentation on whole batches, on the training device: random crop with zero padding and horizontal flip.
 
+The flip is random per image and step (``hflip=True``) or alternating (``hflip="alternate"``, airbench's
+derandomised flip): a seeded half of the training images is mirrored once (``mirror_half``) and every odd epoch
+mirrors the whole batch, so each image is seen in both orientations in turn instead of in a random one.
+
 One gather per batch instead of per-sample PIL transforms, so it costs ~nothing next to a training step.
 Randomness comes from torch's global generator on the batch's device, which Lightning seeds
 (``seed_everything``) and the template's checkpoints carry (exact resume).
@@ -40,5 +44,15 @@ def shift(images: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
     return padded[..., p - dy : p - dy + h, p - dx : p - dx + w]
 
 
-def augment_batch(images: torch.Tensor, crop_padding: int, hflip: bool) -> torch.Tensor:
-    return random_hflip(random_crop(images, crop_padding), 0.5 if hflip else 0.0)
+def mirror_half(images: torch.Tensor, seed: int) -> torch.Tensor:
+    """A copy with a seeded random half of the images mirrored: epoch 0 of the alternating flip. (N, C, H, W)."""
+    half = torch.rand(len(images), generator=torch.Generator().manual_seed(seed)) < 0.5  # (N,)
+    return torch.where(half[:, None, None, None], images.flip(-1), images)
+
+
+def augment_batch(images: torch.Tensor, crop_padding: int, hflip: bool | str, epoch: int = 0) -> torch.Tensor:
+    """Random crop, then the flip: random (``True``), alternating by epoch (``"alternate"``) or none."""
+    images = random_crop(images, crop_padding)
+    if hflip == "alternate":
+        return images.flip(-1) if epoch % 2 else images
+    return random_hflip(images, 0.5 if hflip else 0.0)
