@@ -64,6 +64,7 @@ def test_a_sweep_completes_writes_results_and_best_yaml_reproduces_the_best_tria
     folder = workspace.path / "lightning_logs/sweeps/tiny"
     table = rows(workspace, "tiny")
     assert [r["state"] for r in table] == ["COMPLETE"] * 3 and all(float(r["test/acc"]) > 0.3 for r in table)
+    assert all(0 < float(r["cpu_seconds"]) < 2.5 * float(r["seconds"]) for r in table)  # 2 cores, and a bit
     for n in range(3):  # every trial an ordinary run of the template
         run = folder / f"trial_{n}"
         assert (run / "checkpoints/last.ckpt").is_file() and list(run.glob("events.out.tfevents.*"))

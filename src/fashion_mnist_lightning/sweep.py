@@ -345,7 +345,9 @@ def objective(sweep: Sweep):
             args += [f"--ckpt_path={resume}"]
         best = BestValue(sweep.metric, sweep.direction)
         print(f"\ntrial {trial.number}: {params}", flush=True)
+        cpu = time.process_time()  # this process's CPU seconds, every thread's
         cli = FashionMNISTCLI(args=args, extra_callbacks=(PyTorchLightningPruningCallback(trial, sweep.metric), best))
+        trial.set_user_attr("cpu_seconds", time.process_time() - cpu)
         if best.best is None:
             raise SweepError(f"trial {trial.number} logged no {sweep.metric}")
         if "test/acc" in cli.trainer.callback_metrics and sweep.test:
@@ -419,7 +421,7 @@ def write_results(sweep: Sweep) -> None:
     keys = [p.key for p in sweep.space]
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(["number", "state", *keys, sweep.metric, "test/acc", "seconds", "run_folder"])
+    writer.writerow(["number", "state", *keys, sweep.metric, "test/acc", "seconds", "cpu_seconds", "run_folder"])
     for t in trials:
         seconds = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete else ""
         writer.writerow(
@@ -430,6 +432,7 @@ def write_results(sweep: Sweep) -> None:
                 "" if t.value is None else t.value,
                 t.user_attrs.get("test_acc", ""),
                 f"{seconds:.1f}" if seconds != "" else "",
+                f"{t.user_attrs['cpu_seconds']:.1f}" if "cpu_seconds" in t.user_attrs else "",
                 t.user_attrs.get("run_folder", ""),
             ]
         )
