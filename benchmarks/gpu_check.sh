@@ -10,14 +10,19 @@
 #   GPU_CHECK_DEVICES=2 benchmarks/gpu_check.sh ...   # the DDP run on 2 devices whatever torch.cuda counts
 #
 # The tests run it on the CPU with --trainer.accelerator cpu and tiny limits, so it is known to work up to the
-# device. The runs go to build/gpu_check/<run>/ (GPU_CHECK_DIR=... elsewhere), each with its own lightning_logs.
+# device. The runs go to build/gpu_check/<date-time>/<run>/ (GPU_CHECK_DIR=... elsewhere; it must be new or empty),
+# each with its own lightning_logs and output.log.
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 bin=$root/.venv/bin  # make install's environment; else the one on PATH (a wheel installed elsewhere)
 [ -x "$bin/fashion-mnist" ] || bin=$(dirname "$(command -v fashion-mnist)")
 python=$bin/python
-out=$(realpath -m "${GPU_CHECK_DIR:-$root/build/gpu_check}")
+out=$(realpath -m "${GPU_CHECK_DIR:-$root/build/gpu_check/$(date +%Y%m%d-%H%M%S)}")
+if [ -n "$(ls -A "$out" 2>/dev/null)" ]; then
+  echo "gpu_check: $out is not empty (an earlier check?); set GPU_CHECK_DIR to a new folder" >&2
+  exit 2
+fi
 devices=${GPU_CHECK_DEVICES:-$("$python" -c 'import torch; print(torch.cuda.device_count())')}
 
 declare -A flags=(
@@ -30,7 +35,7 @@ declare -A flags=(
 runs=(gpu strong)
 if [ "$devices" -gt 1 ]; then runs+=(gpu_ddp); fi
 
-rm -rf "$out" && mkdir -p "$out"
+mkdir -p "$out"
 for run in "${runs[@]}"; do
   mkdir -p "$out/$run"
   echo "== $run: fashion-mnist fit ${flags[$run]//$'\n'/} $*" | tr -s ' '

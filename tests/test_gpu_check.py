@@ -42,6 +42,14 @@ def test_the_gpu_check_runs_every_recipe_up_to_the_device_and_prints_what_it_mea
         assert (run / "checkpoints/last.ckpt").is_file() and (run / "config.yaml").is_file()
     assert not (tmp_path / "lightning_logs").exists()  # the runs stay in GPU_CHECK_DIR
 
+    before = {p: p.read_bytes() for p in (tmp_path / "check").rglob("*") if p.is_file()}
+    again = subprocess.run(
+        ["bash", str(ROOT / "benchmarks/gpu_check.sh"), *TINY.split()],
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert again.returncode == 2 and again.stderr.count("\n") == 1 and "GPU_CHECK_DIR" in again.stderr
+    assert {p: p.read_bytes() for p in (tmp_path / "check").rglob("*") if p.is_file()} == before  # nothing lost
+
 
 def test_the_check_tells_an_eager_float32_forward_from_a_bf16_one_and_survives_a_copy_of_the_network():
     seen, network = Seen(), torch.nn.Linear(4, 2)
