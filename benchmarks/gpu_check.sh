@@ -16,7 +16,10 @@ set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 bin=$root/.venv/bin  # make install's environment; else the one on PATH (a wheel installed elsewhere)
-[ -x "$bin/fashion-mnist" ] || bin=$(dirname "$(command -v fashion-mnist)")
+if [ ! -x "$bin/fashion-mnist" ]; then
+  installed=$(command -v fashion-mnist) || { echo "gpu_check: no fashion-mnist found; run make install first" >&2; exit 2; }
+  bin=$(dirname "$installed")
+fi
 python=$bin/python
 out=$(realpath -m "${GPU_CHECK_DIR:-$root/build/gpu_check/$(date +%Y%m%d-%H%M%S)}")
 if [ -n "$(ls -A "$out" 2>/dev/null)" ]; then
