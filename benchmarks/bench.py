@@ -34,6 +34,8 @@ ANCHORS = BENCH / "anchors"  # the baseline loops, as shipped with the project b
 PY = sys.executable
 # The template trains on its 55k split; the anchors and the peer path on all 60k: ratios compare time per image.
 IMAGES = {"template": 55_000, "raw": 60_000, "seed": 60_000, "peer": 60_000}
+EPOCHS = 2  # per path and repetition; --smoke: 1
+SMOKE_LIMITS: list[str] = []  # --smoke: the profiles' runs see a few batches only
 
 
 def run(
@@ -93,7 +95,7 @@ def epoch_paths(args, data_dir: Path, logs: Path, log: Path) -> dict[str, list[f
             out_file = Path(tempfile.mktemp(suffix=".jsonl"))
             env = {"BENCH_OUT": str(out_file)}
             if name == "template":
-                run(template_cmd(logs, "--trainer.max_epochs=2", f"--data.batch_size={bs}"), env, log)
+                run(template_cmd(logs, f"--trainer.max_epochs={EPOCHS}", f"--data.batch_size={bs}"), env, log)
                 epochs = [r["epoch_s"] for r in records(out_file) if "epoch_s" in r]
             elif name == "peer":
                 run(
@@ -103,7 +105,7 @@ def epoch_paths(args, data_dir: Path, logs: Path, log: Path) -> dict[str, list[f
                         "--data-dir",
                         str(data_dir),
                         "--epochs",
-                        "2",
+                        str(EPOCHS),
                         "--batch-size",
                         bs,
                         "--log-dir",
@@ -121,7 +123,7 @@ def epoch_paths(args, data_dir: Path, logs: Path, log: Path) -> dict[str, list[f
                         "--data-dir",
                         str(data_dir),
                         "--epochs",
-                        "2",
+                        str(EPOCHS),
                         "--batch-size",
                         bs,
                     ],
@@ -236,9 +238,10 @@ def profile(logs: Path, log: Path) -> str:
             "--config",
             "configs/default.yaml",
             f"--trainer.logger.init_args.save_dir={logs}",
-            "--trainer.max_epochs=2",
+            f"--trainer.max_epochs={EPOCHS}",
             "--trainer.limit_val_batches=0",
             "--trainer.profiler=simple",
+            *SMOKE_LIMITS,
             "--trainer.enable_progress_bar=false",
         ],
         {"PYTHONUNBUFFERED": "1"},
@@ -273,6 +276,7 @@ def profile(logs: Path, log: Path) -> str:
             f"--trainer.logger.init_args.save_dir={logs}",
             "--trainer.max_epochs=1",
             "--trainer.limit_val_batches=0",
+            *SMOKE_LIMITS,
         ],
         None,
         log,
@@ -307,13 +311,13 @@ def main() -> None:
     p.add_argument(
         "--smoke",
         action="store_true",
-        help="one repetition and a 1-epoch `make train`: checks that "
-        "every step runs, in ~3 minutes; results go to benchmarks/results/smoke/, not over the real ones",
+        help="one repetition of one epoch per path, profiles of a few batches and a 1-epoch `make train`: "
+        "checks that every step runs, in ~1.5 minutes; results go to benchmarks/results/smoke/, not over the real ones",
     )
     args = p.parse_args()
-    global RESULTS
+    global RESULTS, EPOCHS, SMOKE_LIMITS
     if args.smoke:
-        args.reps, RESULTS = 1, RESULTS / "smoke"
+        args.reps, RESULTS, EPOCHS, SMOKE_LIMITS = 1, RESULTS / "smoke", 1, ["--trainer.limit_train_batches=20"]
     RESULTS.mkdir(parents=True, exist_ok=True)
     log = RESULTS / "bench.log"
     log.write_text("")

@@ -14,12 +14,25 @@ from helpers.photos import write_photo_folder
 RECIPES = sorted(p.stem for p in (ROOT / "configs").glob("*.yaml") if p.stem != "base")
 GPU_ONLY = {"gpu", "gpu_ddp"}
 PRESETS = sorted(p.stem for p in (ROOT / "configs" / "debug").glob("*.yaml"))
-EPOCH = 120  # training batches per epoch: long enough to land a signal inside an epoch
-# validation every epoch: strong.yaml validates every 12th, and two short epochs must still give a best checkpoint
-LIMITS = (
-    f"--trainer.max_epochs=2 --trainer.limit_train_batches={EPOCH} --trainer.limit_val_batches=2 "
-    "--trainer.check_val_every_n_epoch=1"
-)
+# training batches per epoch: the signal goes at the first progress-bar update (base.yaml: every 50 steps) and must
+# land before the run's end; strong.yaml's steps take ~0.25 s, so 60 leave it 70 steps (~17 s) to arrive
+EPOCHS = {"strong": 60}
+# fewer processes than gpu_ddp.yaml's 4 GPUs (a size limit, like the batches): the DDP path is the same with 2
+DEVICES = {"gpu_ddp": 2}
+
+
+def devices(name: str) -> str:
+    return f"--trainer.devices={DEVICES[name]}" if name in DEVICES else ""
+
+
+def limits(name: str) -> str:
+    """Two short epochs, validated each (strong.yaml validates every 12th; a best checkpoint must exist)."""
+    return (
+        f"--trainer.max_epochs=2 --trainer.limit_train_batches={EPOCHS.get(name, 120)} "
+        f"--trainer.limit_val_batches=2 --trainer.check_val_every_n_epoch=1 {devices(name)}"
+    )
+
+
 EVAL_LIMITS = "--trainer.limit_val_batches=2 --trainer.limit_test_batches=2 --trainer.limit_predict_batches=2"
 
 
@@ -55,7 +68,7 @@ def test_every_config_through_fit_interrupt_resume_evaluate_report_export(worksp
         assert "--trainer.accelerator cpu" in result.error and not (workspace.path / "lightning_logs").exists()
         cpu = "--trainer.accelerator cpu"
 
-    process, log = workspace.start(f"fashion-mnist fit {config} {cpu} {LIMITS}", env=env)
+    process, log = workspace.start(f"fashion-mnist fit {config} {cpu} {limits(name)}", env=env)
     wait_for(lambda: progress(log, 0) >= 1 or progress(log, 1) >= 1, 600, "the first progress-bar update", process)
     process.send_signal(signal.SIGTERM)
     stopped = finish(process, log, timeout=300)
@@ -63,19 +76,23 @@ def test_every_config_through_fit_interrupt_resume_evaluate_report_export(worksp
     [run] = workspace.runs()
     steps = torch.load(run / "checkpoints/last.ckpt", weights_only=True)["global_step"]
     recipe = yaml.safe_load((ROOT / "configs" / f"{name}.yaml").read_text())
-    processes = recipe.get("trainer", {}).get("devices", 1)
+    processes = DEVICES.get(name) or recipe.get("trainer", {}).get("devices", 1)
     data = yaml.safe_load((run / "config.yaml").read_text())["data"]["init_args"]
     training_images = 1200 - 240 if name == "folder" else 60_000 - data["val_size"]  # folder: 10 % val, 10 % test
     per_process = -(-training_images // processes)  # each process's share of the training images
-    total = 2 * min(EPOCH, -(-per_process // data["batch_size"]))
+    total = 2 * min(EPOCHS.get(name, 120), -(-per_process // data["batch_size"]))
     assert 0 < steps < total, (steps, total)
 
-    workspace.run(f"fashion-mnist fit {config} {cpu} {LIMITS} --ckpt_path last", env=env, timeout=600)
+    workspace.run(f"fashion-mnist fit {config} {cpu} {limits(name)} --ckpt_path last", env=env, timeout=600)
     assert torch.load(run / "checkpoints/last.ckpt", weights_only=True)["global_step"] == total
     assert [p.name for p in workspace.runs()] == ["version_0"]
 
     for command in ("validate", "test", "predict"):
-        workspace.run(f"fashion-mnist {command} {config} {cpu} --ckpt_path best {EVAL_LIMITS}", env=env, timeout=600)
+        workspace.run(
+            f"fashion-mnist {command} {config} {cpu} {devices(name)} --ckpt_path best {EVAL_LIMITS}",
+            env=env,
+            timeout=600,
+        )
     evaluations = run / "evaluations"
     assert sorted(p.name for p in evaluations.iterdir()) == ["predict_0", "test_0", "validate_0"]
     assert (evaluations / "predict_0/predictions.csv").is_file()

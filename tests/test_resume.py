@@ -1,11 +1,12 @@
 """Resume and faults, with real processes and real signals: exact resume (weights, RNG, position, running
 metrics), extending a finished run, atomic checkpoints under kill -9 and a full disk, a NaN loss."""
 
+import itertools
+import multiprocessing
 import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -137,31 +138,35 @@ def test_a_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(wor
     assert all(torch.isfinite(v).all() for v in last["state_dict"].values() if v.is_floating_point())
 
 
-WRITER = """
-import itertools, sys, torch
-from fashion_mnist_lightning.extras.report import read_curves
-from fashion_mnist_lightning.runs.checkpoint_io import AtomicCheckpointIO
-io, path = AtomicCheckpointIO(), sys.argv[1]
-start = torch.load(path, weights_only=True)["step"] + 1 if __import__("os").path.exists(path) else 0
-print("ready", flush=True)
-for step in itertools.count(start):
-    io.save_checkpoint({"step": step, "weights": torch.full((2_000_000,), float(step))}, path)
-    print(f"saved {step}", flush=True)
-"""
+def write_forever(path: Path, saved: int) -> None:
+    """A forked child: save checkpoints to ``path`` step after step, one byte on ``saved`` after each save."""
+    torch.set_num_threads(1)  # forked from a process that may have used OpenMP: no thread pool in the child
+    io = AtomicCheckpointIO()
+    start = torch.load(path, weights_only=True)["step"] + 1 if path.exists() else 0
+    for step in itertools.count(start):
+        io.save_checkpoint({"step": step, "weights": torch.full((2_000_000,), float(step))}, path)
+        os.write(saved, b"s")
 
 
 def test_kill_9_while_writing_leaves_a_complete_checkpoint(tmp_path):
+    """Real processes, real SIGKILLs: forked from this one (already past its imports), so 20+ writers start at once
+    instead of paying ~4 s of imports each."""
     path = tmp_path / "checkpoints" / "last.ckpt"
     steps, mid_write = [], 0
+    fork = multiprocessing.get_context("fork")
     for attempt in range(60):  # at least 20 kills, more until 5 landed inside a write (write times vary with load)
         if attempt >= 20 and mid_write >= 5:
             break
-        writer = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], stdout=subprocess.PIPE, text=True)
-        assert writer.stdout.readline().strip() == "ready"
-        writer.stdout.readline()  # one save done: the next one is under way
+        saved, done = os.pipe()
+        writer = fork.Process(target=write_forever, args=(path, done))
+        writer.start()
+        os.close(done)
+        assert os.read(saved, 1) == b"s"  # one save done: the next one is under way
         time.sleep(0.003 * (attempt % 20))  # land at different moments of a write (~20-40 ms each)
         writer.kill()  # SIGKILL: no handler, no cleanup
-        writer.wait()
+        writer.join()
+        os.close(saved)
+        assert writer.exitcode == -signal.SIGKILL
         mid_write += any(p.name.startswith(".tmp-") for p in path.parent.iterdir())  # killed inside a write
         checkpoint = torch.load(path, weights_only=True)  # must always load: the old or the new file
         assert torch.equal(checkpoint["weights"], torch.full((2_000_000,), float(checkpoint["step"])))
