@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import ROOT, finish, progress, wait_for
+from conftest import ROOT, finish, precision_fix, progress, wait_for
 from helpers.photos import write_photo_folder
 
 RECIPES = sorted(p.stem for p in (ROOT / "configs").glob("*.yaml") if p.stem != "base")
@@ -22,7 +22,8 @@ DEVICES = {"gpu_ddp": 2}
 
 
 def devices(name: str) -> str:
-    return f"--trainer.devices={DEVICES[name]}" if name in DEVICES else ""
+    """The size limit on processes, and --trainer.precision=32-true where this CPU emulates a bf16 recipe."""
+    return " ".join(([f"--trainer.devices={DEVICES[name]}"] if name in DEVICES else []) + precision_fix(name))
 
 
 def limits(name: str) -> str:

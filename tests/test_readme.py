@@ -17,7 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import FASHION_MNIST, REAL_DATA_DIR, ROOT, Workspace, free_port
+from conftest import FASHION_MNIST, REAL_DATA_DIR, ROOT, Workspace, free_port, precision_fix
 from fashion_mnist_lightning.data.files import CACHE_NAME, load_cache
 from helpers.photos import write_photo_folder
 from test_lock import assert_lock_matches
@@ -114,6 +114,9 @@ def with_limits(command: str) -> tuple[dict[str, str], list[str]]:
         return env, words + missing(FIT_LIMITS if sub == "fit" else EVAL_LIMITS, words)
     if words[0] == "make":
         extra = MAKE_LIMITS.get(words[1], [])
+        if words[1] == "train":  # and what the run's note tells a user whose CPU emulates the recipe's bf16
+            config = next((w.split("=", 1)[1] for w in words if w.startswith("CONFIG=")), "configs/default.yaml")
+            extra = extra + precision_fix(Path(config).stem)
         if extra:
             user = shlex.split(next((w.split("=", 1)[1] for w in words if w.startswith("ARGS=")), ""))
             words = [w for w in words if not w.startswith("ARGS=")] + ["ARGS=" + " ".join(user + missing(extra, user))]

@@ -23,6 +23,7 @@ import lightning as L
 import torch
 from jsonargparse import Namespace
 from lightning.fabric.utilities.rank_zero import rank_zero_only
+from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
@@ -37,6 +38,7 @@ from fashion_mnist_lightning.runs.ddp import distributed_failure, leave_process_
 from fashion_mnist_lightning.runs.folders import RunConfig
 from fashion_mnist_lightning.runs.guards import FiniteLossGuard, NonFiniteLossError
 from fashion_mnist_lightning.runs.memory import keep_freed_memory
+from fashion_mnist_lightning.runs.precision import warn_if_emulated
 from fashion_mnist_lightning.runs.rng import RNGStates
 from fashion_mnist_lightning.runs.signals import CheckpointOnSignal, TrainingInterrupted
 
@@ -222,9 +224,12 @@ class FashionMNISTCLI(LightningCLI):
             if config.trainer.get(key) == 1.0:
                 kwargs[key] = 1
         try:
-            return super().instantiate_trainer(callbacks=callbacks, **kwargs)
+            trainer = super().instantiate_trainer(callbacks=callbacks, **kwargs)
         except (MisconfigurationException, RuntimeError, ValueError) as err:  # the Trainer refuses these settings
             raise ConfigError(f"trainer: {first_line(err)}") from None
+        if rank_zero_only.rank == 0:
+            warn_if_emulated(str(trainer.precision), isinstance(trainer.accelerator, CPUAccelerator))
+        return trainer
 
     def after_instantiate_classes(self) -> None:
         for callback in self.trainer.callbacks:
