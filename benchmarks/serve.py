@@ -115,6 +115,24 @@ def load(url: str, body: bytes, content_type: str, clients: int, requests: int) 
     }
 
 
+def forward_ms_per_image(ckpt_path: str, batch: int, repeats: int = 40) -> float:
+    """The model's own ``predict_step`` (its test-time augmentation) on ``batch`` images, in this process with
+    torch's default threads as the inference process has: milliseconds of compute per image."""
+    import torch
+
+    from fashion_mnist_lightning.extras.loading import load_classifier
+
+    model = load_classifier(ckpt_path)[0]
+    images = torch.randint(0, 256, (batch, *model.image_shape), dtype=torch.uint8)  # (batch, C, H, W)
+    with torch.inference_mode():
+        for _ in range(5):
+            model.predict_step(images, 0)
+        began = time.perf_counter()
+        for _ in range(repeats):
+            model.predict_step(images, 0)
+    return 1000 * (time.perf_counter() - began) / repeats / batch
+
+
 def test_image_png() -> bytes:
     """The first Fashion-MNIST test image as a PNG file."""
     sys.path.insert(0, str(ROOT / "src"))
@@ -134,14 +152,15 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=100, help="per client")
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    body, figures, network = test_image_png(), {name: [] for name in SERVERS}, "model"
+    body, figures, network, checkpoint = test_image_png(), {name: [] for name in SERVERS}, "model", None
     for round_ in range(args.rounds):
         for name, flags in SERVERS.items():
             process, url = start(args.ckpt_path, flags, RESULTS / f"serve_{name}.log")
             try:
                 load(url, body, "image/png", args.clients, 5)  # warm-up
                 with urllib.request.urlopen(f"{url}/info", timeout=10) as response:
-                    network = json.load(response)["model"]["model"]
+                    info = json.load(response)["model"]
+                network, checkpoint = info["model"], info["checkpoint"]
                 figures[name].append(load(url, body, "image/png", args.clients, args.requests))
             finally:
                 stop(process)
@@ -150,6 +169,11 @@ def main() -> int:
         name: {key: statistics.median(r[key] for r in rounds) for key in rounds[0]} for name, rounds in figures.items()
     }
     summary["speedup"] = summary["batching"]["requests_per_s"] / summary["one_per_forward"]["requests_per_s"]
+    # what batching can save at most: the forward pass's cost per image alone, one image vs a full batch. The
+    # HTTP path's cost per request is the same for both servers, so the speed-up stays below this ceiling.
+    compute = {size: forward_ms_per_image(checkpoint, size) for size in (1, 16)}
+    summary["forward_ms_per_image"] = {"batch_1": compute[1], "batch_16": compute[16]}
+    summary["speedup_ceiling"] = compute[1] / compute[16]
     result = {
         "command": " ".join(["python", "benchmarks/serve.py", *sys.argv[1:]]),
         "network": network,
