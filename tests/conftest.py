@@ -260,7 +260,7 @@ def trained_airnet(tmp_path_factory, real_data_dir) -> Path:
         "trained-airnet",
         "fashion-mnist fit --config configs/strong.yaml --model.network.init_args.widths=[8,16,16] "
         "--trainer.max_epochs=1 --trainer.limit_train_batches=12 --trainer.limit_val_batches=1 "
-        "--trainer.check_val_every_n_epoch=1",
+        "--trainer.check_val_every_n_epoch=1 " + " ".join(precision_fix("strong")),
     )
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import ROOT, finish, progress, same_weights, wait_for, weights
+from conftest import ROOT, finish, precision_fix, progress, same_weights, wait_for, weights
 
 DDP = "fashion-mnist fit --config configs/ddp_cpu.yaml"
 ENV = {"OMP_NUM_THREADS": "1"}  # the README's line: one intra-op thread per process on 2 cores
@@ -18,7 +18,8 @@ SHORT = "--trainer.max_epochs=1 --trainer.limit_train_batches=20 --trainer.limit
 # batch, which alone moves the weights by about 1.2e-5 after 20 steps), no random flips (each process draws its
 # own for its half-batch, one process draws them for the whole batch), and the previous default's peak lr 0.006:
 # Adam's normalised steps scale the rounding differences of the two ways of averaging a gradient with the lr
-# (at the default's 0.0172 the weights ended 9.1e-4 apart, at 0.006 within 1e-5); the test is about DDP's averaging
+# (at the default's 0.0172 the weights ended 9.1e-4 apart, at 0.006 within 1e-5 on an AVX-512 CPU and 3.6e-5 on an
+# AVX2-only one, whose kernels round differently: hence 1e-4); the test is about DDP's averaging
 COMPARABLE = "--model.channels_last=false --data.hflip=false --model.scheduler.init_args.max_lr=0.006"
 pytestmark = pytest.mark.slow
 
@@ -37,7 +38,7 @@ def test_the_readme_ddp_line_finishes_and_follows_the_one_process_run(workspace,
     a = weights(tmp_path / "ddp/version_0/checkpoints/last.ckpt")
     b = weights(workspace.runs()[0] / "checkpoints/last.ckpt")
     worst = max((a[k] - b[k]).abs().max().item() for k in a if k.startswith("network."))
-    assert worst <= 1e-5, f"DDP and 1-process weights differ by {worst:.2e}"
+    assert worst <= 1e-4, f"DDP and 1-process weights differ by {worst:.2e}"
 
     # the test accuracy rank 0 logged (synced over both shards) = an evaluation of the checkpoint on one process
     events = EventAccumulator(str(tmp_path / "ddp/version_0"), size_guidance={"scalars": 0})
@@ -64,7 +65,8 @@ def test_any_config_plus_the_readme_ddp_flags_runs_the_strong_recipe_with_its_we
         "--trainer.accelerator cpu --trainer.devices 2 --trainer.strategy ddp "
         "--trainer.callbacks+=fashion_mnist_lightning.speedrun.FreezeWhiteningBias "
         "--trainer.max_epochs=1 --trainer.limit_train_batches=24 --trainer.limit_val_batches=2 "
-        "--trainer.check_val_every_n_epoch=1 --test_after_fit true --trainer.limit_test_batches=2",
+        "--trainer.check_val_every_n_epoch=1 --test_after_fit true --trainer.limit_test_batches=2 "
+        + " ".join(precision_fix("strong")),
         env=ENV,
         timeout=300,
     )
@@ -75,8 +77,10 @@ def test_any_config_plus_the_readme_ddp_flags_runs_the_strong_recipe_with_its_we
 
 def test_a_stuck_peer_ends_in_an_error_after_the_collective_timeout(workspace):
     env = {**ENV, "PYTHONPATH": str(ROOT / "tests" / "helpers")}
+    # the timeout bounds the rendezvous too: rank 0 waits there for rank 1, which it starts, ~10 s of imports on a
+    # loaded 2-core machine (at 10 s that wait itself timed out once)
     result = workspace.run(
-        f"{DDP} {SHORT} --trainer.strategy.init_args.timeout=0:00:10 --trainer.callbacks+=faults.HangOnRank",
+        f"{DDP} {SHORT} --trainer.strategy.init_args.timeout=0:00:30 --trainer.callbacks+=faults.HangOnRank",
         env=env,
         timeout=150,
         expect=1,

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import SMALL, Workspace, weights
+from conftest import SMALL, Workspace, precision_fix, weights
 from fashion_mnist_lightning.image_folder import ImageFolderDataModule
 from helpers.photos import write_photo_folder
 from helpers.serving import bench, csv_probabilities, multipart, predict, request
@@ -86,7 +86,7 @@ def test_colour_32px_with_its_own_val_and_test_folders_through_the_strong_recipe
         "fashion-mnist fit --config configs/strong.yaml "
         "--data fashion_mnist_lightning.image_folder.ImageFolderDataModule "
         "--data.root rgb32 --data.image_size=[32,32] --model.network.init_args.widths=[8,16,16] "
-        "--trainer.check_val_every_n_epoch=1 --test_after_fit true " + " ".join(SMALL)
+        "--trainer.check_val_every_n_epoch=1 --test_after_fit true " + " ".join(SMALL + tuple(precision_fix("strong")))
     )
     run = photos.runs()[0]
     assert (run / "checkpoints/last.ckpt").is_file() and list(run.glob("events.out.tfevents.*"))
