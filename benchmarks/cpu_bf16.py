@@ -70,8 +70,7 @@ def main() -> int:
     print(
         f"{result['cpu']} ({result['capability']}, bf16 instructions: {has}): AirNet step at batch {BATCH}: "
         f"float32 {median['float32']:.2f} s, bf16 autocast {median['bf16 autocast']:.2f} s "
-        f"({result['bf16_over_float32']:.1f}x)",
-        file=sys.stdout,
+        f"({result['bf16_over_float32']:.1f}x)"
     )
     return 0
 

@@ -48,7 +48,7 @@ SMALL = (
 
 def precision_fix(config: str) -> list[str]:
     """What a run's note tells a user of a CPU that emulates bfloat16 (runs/precision.py): for a bf16 recipe
-    there, ``--trainer.precision=32-true`` (a step 12x faster); elsewhere nothing. The tests then run what that
+    there, ``--trainer.precision=32-true`` (a step 11x faster); elsewhere nothing. The tests then run what that
     user runs; tests/test_precision.py checks the note itself."""
     recipe = yaml.safe_load((ROOT / "configs" / f"{config}.yaml").read_text()) or {}
     bf16 = str(recipe.get("trainer", {}).get("precision", "")).startswith("bf16")

@@ -21,7 +21,7 @@ EPOCHS = {"strong": 60}
 DEVICES = {"gpu_ddp": 2}
 
 
-def devices(name: str) -> str:
+def per_config(name: str) -> str:
     """The size limit on processes, and --trainer.precision=32-true where this CPU emulates a bf16 recipe."""
     return " ".join(([f"--trainer.devices={DEVICES[name]}"] if name in DEVICES else []) + precision_fix(name))
 
@@ -30,7 +30,7 @@ def limits(name: str) -> str:
     """Two short epochs, validated each (strong.yaml validates every 12th; a best checkpoint must exist)."""
     return (
         f"--trainer.max_epochs=2 --trainer.limit_train_batches={EPOCHS.get(name, 120)} "
-        f"--trainer.limit_val_batches=2 --trainer.check_val_every_n_epoch=1 {devices(name)}"
+        f"--trainer.limit_val_batches=2 --trainer.check_val_every_n_epoch=1 {per_config(name)}"
     )
 
 
@@ -90,7 +90,7 @@ def test_every_config_through_fit_interrupt_resume_evaluate_report_export(worksp
 
     for command in ("validate", "test", "predict"):
         workspace.run(
-            f"fashion-mnist {command} {config} {cpu} {devices(name)} --ckpt_path best {EVAL_LIMITS}",
+            f"fashion-mnist {command} {config} {cpu} {per_config(name)} --ckpt_path best {EVAL_LIMITS}",
             env=env,
             timeout=600,
         )

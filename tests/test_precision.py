@@ -11,8 +11,8 @@ SAPPHIRE_RAPIDS = "flags\t\t: avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n"
 GRAVITON3 = "Features\t: fp asimd sve bf16 i8mm\n"
 
 
-def cpuinfo(tmp_path: Path, text: str) -> Path:
-    path = tmp_path / "cpuinfo"
+def cpuinfo(tmp_path: Path, text: str, name: str = "cpuinfo") -> Path:
+    path = tmp_path / name
     path.write_text(text)
     return path
 
@@ -29,8 +29,7 @@ def test_without_a_cpuinfo_it_is_unknown_and_says_nothing(tmp_path, capsys):
 
 
 def test_one_line_with_the_fix_only_for_bf16_on_a_cpu_that_emulates_it(tmp_path, capsys):
-    (tmp_path / "spr").mkdir()
-    zen3, spr = cpuinfo(tmp_path, ZEN3), cpuinfo(tmp_path / "spr", SAPPHIRE_RAPIDS)
+    zen3, spr = cpuinfo(tmp_path, ZEN3, "zen3"), cpuinfo(tmp_path, SAPPHIRE_RAPIDS, "spr")
     assert warn_if_emulated("bf16-mixed", True, zen3)
     [line] = capsys.readouterr().err.splitlines()
     assert "bf16-mixed" in line and "--trainer.precision 32-true" in line

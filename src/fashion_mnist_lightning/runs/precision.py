@@ -1,6 +1,7 @@
-"""bfloat16 on a CPU without bfloat16 instructions: torch emulates it, and a training step runs ~12x slower than
-float32 (AirNet, batch 512, 2 AVX2 cores: 8.5 s vs 0.7 s). A recipe measured on a CPU that has them (strong.yaml)
-would then take hours instead of minutes; this says so once, with the fix, and changes nothing by itself."""
+"""bfloat16 on a CPU without bfloat16 instructions: torch emulates it, and a training step runs ~11x slower than
+float32 (AirNet, batch 512, 2 AVX2 cores: 8.22 s vs 0.73 s, benchmarks/cpu_bf16.py). A recipe measured on a CPU
+that has them (strong.yaml) would then take hours instead of minutes; this says so once, with the fix, and changes
+nothing by itself."""
 
 import sys
 from pathlib import Path
@@ -29,7 +30,7 @@ def warn_if_emulated(precision: str, on_cpu: bool, cpuinfo: Path = CPUINFO) -> b
         return False
     print(
         f"note: trainer.precision {precision} on a CPU without bfloat16 instructions (no {'/'.join(sorted(BF16_FLAGS))}"
-        " in /proc/cpuinfo): torch emulates them and training runs ~12x slower than float32; on this machine pass "
+        " in /proc/cpuinfo): torch emulates them and training runs ~11x slower than float32; on this machine pass "
         "--trainer.precision 32-true",
         file=sys.stderr,
         flush=True,
