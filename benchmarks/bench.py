@@ -35,7 +35,8 @@ PY = sys.executable
 # The template trains on its 55k split; the anchors and the peer path on all 60k: ratios compare time per image.
 IMAGES = {"template": 55_000, "raw": 60_000, "seed": 60_000, "peer": 60_000}
 EPOCHS = 2  # per path and repetition; --smoke: 1
-SMOKE_LIMITS: list[str] = []  # --smoke: the profiles' runs see a few batches only
+SMOKE_LIMITS: list[str] = []  # --smoke: the template's runs see a few batches only
+SMOKE_IMAGES = (6_000, 1_000)  # --smoke: the first training and test images, what the other paths read
 
 
 def run(
@@ -73,6 +74,22 @@ def raw_data_dir() -> Path:
     raise SystemExit("no raw Fashion-MNIST IDX files found; run `make data` first")
 
 
+def smoke_subset(data_dir: Path, folder: Path) -> Path:
+    """--smoke: the first SMOKE_IMAGES of the real IDX files, written as IDX files to ``folder`` for the paths that
+    read raw files (they only have to run: a smoke run's figures are not the benchmark's)."""
+    import gzip
+
+    from fashion_mnist_lightning.data.files import encode_idx, find_raw, parse_idx, read_idx_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for stem, path in find_raw(data_dir).items():
+        tensor = parse_idx(read_idx_file(path), stem, 3 if "images" in stem else 1)
+        keep = SMOKE_IMAGES[0] if stem.startswith("train") else SMOKE_IMAGES[1]
+        with gzip.open(folder / f"{stem}.gz", "wb") as f:
+            f.write(encode_idx(tensor[:keep]))
+    return folder
+
+
 def template_cmd(logs: Path, *extra: str) -> list[str]:
     return [
         PY,
@@ -95,7 +112,11 @@ def epoch_paths(args, data_dir: Path, logs: Path, log: Path) -> dict[str, list[f
             out_file = Path(tempfile.mktemp(suffix=".jsonl"))
             env = {"BENCH_OUT": str(out_file)}
             if name == "template":
-                run(template_cmd(logs, f"--trainer.max_epochs={EPOCHS}", f"--data.batch_size={bs}"), env, log)
+                run(
+                    template_cmd(logs, f"--trainer.max_epochs={EPOCHS}", f"--data.batch_size={bs}", *SMOKE_LIMITS),
+                    env,
+                    log,
+                )
                 epochs = [r["epoch_s"] for r in records(out_file) if "epoch_s" in r]
             elif name == "peer":
                 run(
@@ -178,6 +199,7 @@ def first_step_and_predict(logs: Path, log: Path) -> dict:
             f"--ckpt_path={ckpt}",
             f"--trainer.logger.init_args.save_dir={logs}",
             "--trainer.callbacks+=timing.BenchTimer",
+            *(["--trainer.limit_predict_batches=4"] if SMOKE_LIMITS else []),
         ],
         {"BENCH_OUT": str(predict_out)},
         log,
@@ -311,18 +333,20 @@ def main() -> None:
     p.add_argument(
         "--smoke",
         action="store_true",
-        help="one repetition of one epoch per path, profiles of a few batches and a 1-epoch `make train`: "
-        "checks that every step runs, in ~1.5 minutes; results go to benchmarks/results/smoke/, not over the real ones",
+        help="one repetition of one short epoch per path (20 batches of the template's, the other paths on the "
+        "first 6,000 images), profiles of a few batches and a 20-batch `make train`: checks that every step runs; "
+        "results go to benchmarks/results/smoke/, not over the real ones",
     )
     args = p.parse_args()
     global RESULTS, EPOCHS, SMOKE_LIMITS
     if args.smoke:
         args.reps, RESULTS, EPOCHS, SMOKE_LIMITS = 1, RESULTS / "smoke", 1, ["--trainer.limit_train_batches=20"]
+        IMAGES.update(template=20 * args.batch_size, raw=SMOKE_IMAGES[0], seed=SMOKE_IMAGES[0], peer=SMOKE_IMAGES[0])
     RESULTS.mkdir(parents=True, exist_ok=True)
     log = RESULTS / "bench.log"
     log.write_text("")
-    data_dir = raw_data_dir()
     logs = Path(tempfile.mkdtemp(prefix="bench-logs-"))
+    data_dir = smoke_subset(raw_data_dir(), logs / "smoke-data") if args.smoke else raw_data_dir()
 
     times = epoch_paths(args, data_dir, logs, log)
     summary = {
@@ -353,7 +377,7 @@ def main() -> None:
     }
     result["numpy_reference_forward_10k_s"] = reference_forward(result.pop("ckpt"))
     if args.make_train:
-        result.update(make_train("--trainer.max_epochs=1" if args.smoke else ""))
+        result.update(make_train(" ".join(["--trainer.max_epochs=1", *SMOKE_LIMITS]) if args.smoke else ""))
     profile(logs, log)
     (RESULTS / "bench.json").write_text(json.dumps(result, indent=2) + "\n")
     (RESULTS / "bench.md").write_text(markdown(result))

@@ -6,14 +6,18 @@ and logger: only size limits are added. Output goes to a file; every run has a t
 test instead of the CI run.
 """
 
+import atexit
 import gzip
+import json
 import os
 import re
+import select
 import shlex
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,6 +107,99 @@ def real_data_dir() -> Path:
 # ----------------------------------------------------------------------------------------------------
 # running commands as a user does
 
+# `fashion-mnist` commands fork from a warm interpreter (tests/helpers/forkserver.py): the same console script, argv,
+# folder, environment, output file, exit code and signals, without the ~11 CPU-seconds of imports each new interpreter
+# pays here. make, torchrun, DDP's other ranks, the installed-wheel tests and a command whose PYTHON* variables differ
+# from the server's (a PYTHONPATH shim: what it imports is the point) still start real interpreters.
+# FRESH_INTERPRETERS=1 runs every command in a new one.
+FORK = os.environ.get("FRESH_INTERPRETERS", "") in ("", "0")
+_server: dict = {}
+
+
+def forkserver() -> str:
+    """The socket of this pytest process's fork server, started on first use (its imports take ~11 s)."""
+    if "socket" not in _server:
+        folder = Path(tempfile.mkdtemp(prefix="forkserver-"))
+        path = folder / "socket"
+        with open(folder / "server.log", "w") as log:
+            process = subprocess.Popen(
+                [sys.executable, str(ROOT / "tests/helpers/forkserver.py"), str(path)],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            )  # fmt: skip
+        atexit.register(process.terminate)  # the server ends the commands still running (a failed test's)
+        deadline = time.monotonic() + 300
+        while not path.exists():
+            assert process.poll() is None, (folder / "server.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "the fork server did not start in 300 s"
+            time.sleep(0.05)
+        _server["socket"] = str(path)
+        _server["imports"] = python_variables(os.environ)
+    return _server["socket"]
+
+
+def python_variables(env: dict) -> dict:
+    """The variables that change what an interpreter imports (PYTHONPATH, PYTHONHOME, ...)."""
+    return {k: v for k, v in env.items() if k.startswith("PYTHON")}
+
+
+class Forked:
+    """A command forked by the fork server, with the part of subprocess.Popen the tests use: pid, poll, wait
+    (raising subprocess.TimeoutExpired), send_signal, terminate, kill, returncode."""
+
+    def __init__(self, argv: list[str], cwd: Path, env: dict, log: Path):
+        self.args, self.returncode, self._buffer = argv, None, b""
+        self._connection = socket.socket(socket.AF_UNIX)
+        self._connection.connect(forkserver())
+        request = {"argv": argv, "cwd": str(cwd), "env": env, "log": str(log)}
+        self._connection.sendall(json.dumps(request).encode() + b"\n")
+        self.pid = int(self._line(timeout=60))
+
+    def _line(self, timeout: float | None) -> bytes | None:
+        while b"\n" not in self._buffer:
+            if not select.select([self._connection], [], [], timeout)[0]:
+                return None
+            chunk = self._connection.recv(4096)
+            if not chunk:
+                raise ConnectionError("the fork server ended; see its server.log")
+            self._buffer += chunk
+        line, self._buffer = self._buffer.split(b"\n", 1)
+        return line
+
+    def poll(self) -> int | None:
+        return self.wait(timeout=0) if self.returncode is None else self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        if self.returncode is None:
+            line = self._line(timeout)
+            if line is None:
+                if timeout == 0:
+                    return None
+                raise subprocess.TimeoutExpired(self.args, timeout)
+            self.returncode = int(line)
+            self._connection.close()
+        return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        if self.returncode is None:
+            os.kill(self.pid, sig)
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+
+def launch(argv: list[str], cwd: Path, env: dict, log: Path) -> "subprocess.Popen | Forked":
+    """Start ``argv`` in ``cwd`` with output to ``log``, in its own session; `fashion-mnist` forks (see FORK)."""
+    if argv[0] == "fashion-mnist":
+        argv = [str(FASHION_MNIST), *argv[1:]]
+        if FORK and python_variables(env) == _server.get("imports", python_variables(os.environ)):
+            log.write_text("")
+            return Forked(argv, cwd, env, log)
+    with open(log, "w") as out:
+        return subprocess.Popen(argv, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
 
 @dataclass
 class Result:
@@ -135,29 +232,17 @@ class Workspace:
     ) -> Result:
         """Run ``command`` (a shell-like string or argv; ``fashion-mnist`` is the console script) and return
         its exit code and output. ``expect`` checks the exit code; every run is checked for tracebacks."""
-        argv = command.split() if isinstance(command, str) else list(command)
-        if argv[0] == "fashion-mnist":
-            argv[0] = str(FASHION_MNIST)
-        self.count += 1
-        log = self.path / f"command-{self.count}.log"
-        with open(log, "w") as out:
-            process = subprocess.Popen(
-                argv,
-                cwd=self.path,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env={**os.environ, **(env or {})},
-                start_new_session=True,
+        process, log = self.start(command, env=env)
+        argv = process.args
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)  # the whole group: DDP children included
+            process.wait()
+            pytest.fail(
+                f"{' '.join(argv)} did not finish in {timeout} s (a hang); log: {log}\n"
+                f"{log.read_text(errors='replace')[-3000:]}"
             )
-            try:
-                process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)  # the whole group: DDP children included
-                process.wait()
-                pytest.fail(
-                    f"{' '.join(argv)} did not finish in {timeout} s (a hang); log: {log}\n"
-                    f"{log.read_text(errors='replace')[-3000:]}"
-                )
         result = Result(process.returncode, log.read_text(errors="replace"), log)
         assert not TRACEBACK.search(result.output), f"{' '.join(argv)} printed a traceback:\n{result.output[-4000:]}"
         if expect is not None:
@@ -166,23 +251,12 @@ class Workspace:
             )
         return result
 
-    def start(self, command: str | list[str], env: dict | None = None) -> tuple[subprocess.Popen, Path]:
+    def start(self, command: str | list[str], env: dict | None = None) -> tuple["subprocess.Popen | Forked", Path]:
         """Start ``command`` in the background (for signals); output to a log file."""
         argv = command.split() if isinstance(command, str) else list(command)
-        if argv[0] == "fashion-mnist":
-            argv[0] = str(FASHION_MNIST)
         self.count += 1
         log = self.path / f"command-{self.count}.log"
-        out = open(log, "w")  # noqa: SIM115 - closed by the child's exit; the test reads the file
-        process = subprocess.Popen(
-            argv,
-            cwd=self.path,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, **(env or {})},
-            start_new_session=True,
-        )
-        return process, log
+        return launch(argv, self.path, {**os.environ, **(env or {})}, log), log
 
     def runs(self) -> list[Path]:
         """lightning_logs/version_N, by N."""

@@ -1,0 +1,13 @@
+"""The DDP recipes, configs/ddp_cpu.yaml and configs/gpu_ddp.yaml (two processes), through every command users
+run on them: tests/test_configs.py's check, in a file of its own so that `make test` runs it beside the other
+recipes (pytest-xdist's loadfile gives each file to one worker)."""
+
+import pytest
+
+from test_configs import GROUPS, through_every_command
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", GROUPS["test_configs_ddp.py"])
+def test_every_config_through_fit_interrupt_resume_evaluate_report_export(workspace, name):
+    through_every_command(workspace, name)
