@@ -381,3 +381,25 @@ def weights(checkpoint: Path) -> dict[str, torch.Tensor]:
 
 def same_weights(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# `make test` gives whole files to workers (pytest-xdist's loadfile) in collection order: the longest files go first,
+# so the last minutes are not one worker finishing a long file alone (seconds summed per file, 2026-12-02)
+LONGEST_FIRST = (
+    "test_readme.py",  # 1642 s
+    "test_configs_ddp.py",
+    "test_configs_strong.py",
+    "test_configs.py",  # the three together 2291 s
+    "test_cli.py",  # 922 s
+    "test_sweep.py",  # 661 s
+    "test_ddp.py",  # 566 s
+    "test_resume.py",  # 543 s
+    "test_export.py",  # 424 s
+    "test_loggers.py",  # 387 s
+    "test_image_folder.py",  # 316 s
+)
+
+
+def pytest_collection_modifyitems(items: list) -> None:
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # a stable sort: each file keeps its order
