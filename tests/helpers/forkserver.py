@@ -93,10 +93,11 @@ def become(request: dict) -> None:
 
     os.setsid()
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    log = os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND)
-    os.dup2(log, 1)
-    os.dup2(log, 2)
-    os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+    log, null = os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND), os.open(os.devnull, os.O_RDONLY)
+    for source, target in ((null, 0), (log, 1), (log, 2)):
+        os.dup2(source, target)
+    os.close(log)
+    os.close(null)
     os.chdir(request["cwd"])
     os.environ.clear()
     os.environ.update(request["env"])
