@@ -36,6 +36,7 @@ PY = sys.executable
 IMAGES = {"template": 55_000, "raw": 60_000, "seed": 60_000, "peer": 60_000}
 EPOCHS = 2  # per path and repetition; --smoke: 1
 SMOKE_LIMITS: list[str] = []  # --smoke: the template's runs see a few batches only
+SMOKE_BATCHES = 20  # --smoke: the template's training batches per run
 SMOKE_IMAGES = (6_000, 1_000)  # --smoke: the first training and test images, what the other paths read
 
 
@@ -340,8 +341,11 @@ def main() -> None:
     args = p.parse_args()
     global RESULTS, EPOCHS, SMOKE_LIMITS
     if args.smoke:
-        args.reps, RESULTS, EPOCHS, SMOKE_LIMITS = 1, RESULTS / "smoke", 1, ["--trainer.limit_train_batches=20"]
-        IMAGES.update(template=20 * args.batch_size, raw=SMOKE_IMAGES[0], seed=SMOKE_IMAGES[0], peer=SMOKE_IMAGES[0])
+        args.reps, RESULTS, EPOCHS = 1, RESULTS / "smoke", 1
+        SMOKE_LIMITS = [f"--trainer.limit_train_batches={SMOKE_BATCHES}"]
+        IMAGES.update(
+            template=SMOKE_BATCHES * args.batch_size, raw=SMOKE_IMAGES[0], seed=SMOKE_IMAGES[0], peer=SMOKE_IMAGES[0]
+        )
     RESULTS.mkdir(parents=True, exist_ok=True)
     log = RESULTS / "bench.log"
     log.write_text("")
