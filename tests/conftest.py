@@ -233,7 +233,7 @@ class Workspace:
         """Run ``command`` (a shell-like string or argv; ``fashion-mnist`` is the console script) and return
         its exit code and output. ``expect`` checks the exit code; every run is checked for tracebacks."""
         process, log = self.start(command, env=env)
-        argv = process.args
+        argv, start = process.args, time.monotonic()
         try:
             process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -244,6 +244,10 @@ class Workspace:
                 f"{log.read_text(errors='replace')[-3000:]}"
             )
         result = Result(process.returncode, log.read_text(errors="replace"), log)
+        if os.environ.get("COMMAND_STATS") and not isinstance(process, Forked):  # the fork server records its own
+            record = {"test": os.environ.get("PYTEST_CURRENT_TEST", ""), "argv": list(map(str, argv))}
+            with open(os.environ["COMMAND_STATS"], "a") as stats:
+                stats.write(json.dumps({**record, "wall": time.monotonic() - start}) + "\n")
         assert not TRACEBACK.search(result.output), f"{' '.join(argv)} printed a traceback:\n{result.output[-4000:]}"
         if expect is not None:
             assert result.returncode == expect, (

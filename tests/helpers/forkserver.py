@@ -5,16 +5,25 @@ torch._dynamo before ``main()`` runs; the suite runs ~275 commands. This process
 tensor op, no thread pool, so a fork is safe), then for each request forks a child that becomes the command: its own
 session (the tests' signals and ``killpg`` reach it and its DDP children), the log file as stdout and stderr, the
 command's folder and environment, fresh random seeds, and the console script itself run as ``__main__`` with the
-user's argv, ending in the interpreter's own shutdown (threads joined, atexit handlers, exit code or signal).
+user's argv. A command that ends by returning or ``sys.exit`` then ends as an interpreter does up to its module
+teardown: non-daemon threads joined, atexit handlers run, output flushed, the exit code; the teardown itself is
+skipped (``os._exit``): its garbage collections walk every object the imports made, 1.5-2 CPU-seconds per command
+here, and in a fork each object they touch is a page copied. An exception or a signal that ends the command takes
+the interpreter's own path. The imported objects are frozen out of the collector before the forks (``gc.freeze``,
+what Python's docs advise for a fork server) so that the commands' own collections skip them too. make, DDP's
+other ranks and ``FRESH_INTERPRETERS=1`` (conftest.py) still end in a full teardown.
 
   python forkserver.py SOCKET   # listens on the Unix socket SOCKET; one connection per command (see conftest.Forked)
 
 A request is one JSON line {"argv": [script, *args], "cwd", "env", "log"}; the answer is the child's pid, then,
 once it ends, its exit code as subprocess reports it (negative: the signal that ended it). The server ends when the
-pytest worker that started it does.
+pytest worker that started it does. With COMMAND_STATS=path in its environment it appends one JSON line per
+command there: argv, wall seconds and CPU seconds (user + system, the command and the children it waited for).
 """
 
+import atexit
 import contextlib
+import gc
 import importlib
 import json
 import os
@@ -22,6 +31,8 @@ import select
 import signal
 import socket
 import sys
+import threading
+import time
 
 PRELOAD = (  # the CLI and what its commands import on first use; a module missing here is imported by the command
     "fashion_mnist_lightning.cli",
@@ -50,7 +61,7 @@ def serve(path: str) -> dict:
     listener = socket.socket(socket.AF_UNIX)
     listener.bind(path)
     listener.listen(16)
-    waiting: dict[int, socket.socket] = {}  # pid -> the connection its exit code goes to
+    waiting: dict[int, tuple[socket.socket, float, dict]] = {}  # pid -> (where its exit code goes, start, request)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # the worker's exit: end the commands a failed test left
     try:
         return loop(listener, waiting, parent)
@@ -61,7 +72,7 @@ def serve(path: str) -> dict:
                     os.killpg(pid, signal.SIGKILL)
 
 
-def loop(listener: socket.socket, waiting: dict[int, socket.socket], parent: int) -> dict:
+def loop(listener: socket.socket, waiting: dict[int, tuple[socket.socket, float, dict]], parent: int) -> dict:
     while os.getppid() == parent:
         if select.select([listener], [], [], 0.05)[0]:
             connection, _ = listener.accept()
@@ -69,19 +80,27 @@ def loop(listener: socket.socket, waiting: dict[int, socket.socket], parent: int
             pid = os.fork()
             if pid == 0:
                 listener.close()
-                for other in (connection, *waiting.values()):
+                for other in (connection, *(c for c, _, _ in waiting.values())):
                     other.close()
                 return request
             connection.sendall(f"{pid}\n".encode())
-            waiting[pid] = connection
+            waiting[pid] = (connection, time.monotonic(), request)
         while waiting:
-            pid, status = os.waitpid(-1, os.WNOHANG)
+            pid, status, usage = os.wait4(-1, os.WNOHANG)
             if pid == 0:
                 break
-            connection = waiting.pop(pid)
+            connection, start, request = waiting.pop(pid)
             connection.sendall(f"{os.waitstatus_to_exitcode(status)}\n".encode())
             connection.close()
+            record(request, time.monotonic() - start, usage.ru_utime + usage.ru_stime)
     raise SystemExit(0)  # the pytest worker is gone
+
+
+def record(request: dict, wall: float, cpu: float) -> None:
+    if os.environ.get("COMMAND_STATS"):
+        test = request["env"].get("PYTEST_CURRENT_TEST", "")
+        with open(os.environ["COMMAND_STATS"], "a") as stats:
+            stats.write(json.dumps({"test": test, "argv": request["argv"][1:], "wall": wall, "cpu": cpu}) + "\n")
 
 
 def become(request: dict) -> None:
@@ -110,7 +129,24 @@ def become(request: dict) -> None:
     sys.path[0] = os.path.dirname(script)  # what Python puts first for a script
     import runpy
 
-    runpy.run_path(script, run_name="__main__")
+    try:
+        runpy.run_path(script, run_name="__main__")
+        code = 0
+    except SystemExit as exit:
+        code = exit.code
+    end(code)
+
+
+def end(code) -> None:
+    """End as the interpreter does after ``sys.exit(code)``, up to its module teardown (see the module's doc)."""
+    threading._shutdown()  # what the interpreter does first: wait for the threads that are not daemons
+    atexit._run_exitfuncs()
+    if code is not None and not isinstance(code, int):
+        print(code, file=sys.stderr)  # sys.exit("message"): the message, exit 1
+        code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit((code or 0) & 0xFF)
 
 
 if __name__ == "__main__":
@@ -119,4 +155,6 @@ if __name__ == "__main__":
             importlib.import_module(name)
         except ImportError:
             pass
+    gc.collect()
+    gc.freeze()  # what the imports made stays out of every later collection, here and in the forks
     become(serve(sys.argv[1]))
