@@ -388,19 +388,22 @@ def same_weights(a: dict, b: dict) -> bool:
 
 
 # `make test` gives whole files to workers (pytest-xdist's loadfile) in collection order: the longest files go first,
-# so the last minutes are not one worker finishing a long file alone (seconds summed per file, 2026-12-02)
+# so the last minutes are not one worker finishing a long file alone (seconds summed per file, 2026-12-02, after the
+# fork server's fast exit)
 LONGEST_FIRST = (
-    "test_readme.py",  # 1642 s
-    "test_configs_ddp.py",
-    "test_configs_strong.py",
-    "test_configs.py",  # the three together 2291 s
-    "test_cli.py",  # 922 s
-    "test_sweep.py",  # 661 s
-    "test_ddp.py",  # 566 s
-    "test_resume.py",  # 543 s
-    "test_export.py",  # 424 s
-    "test_loggers.py",  # 387 s
-    "test_image_folder.py",  # 316 s
+    "test_readme.py",  # 744 s
+    "test_sweep.py",  # 347 s
+    "test_cli.py",  # 302 s
+    "test_ddp.py",  # 282 s
+    "test_configs_ddp.py",  # 278 s
+    "test_configs.py",  # 235 s
+    "test_configs_strong.py",  # 166 s
+    "test_resume.py",  # 160 s
+    "test_gpu_check.py",  # 149 s
+    "test_strong.py",  # 99 s
+    "test_serve.py",  # 93 s
+    "test_image_folder.py",  # 85 s
+    "test_loggers.py",  # 79 s
 )
 
 

@@ -1,9 +1,11 @@
 """The tests' fork server (tests/helpers/forkserver.py) runs a command as a new interpreter would: same output,
-exit code, folder, environment and signals; a PYTHONPATH shim still gets a new interpreter."""
+exit code, folder, environment, signals and end (threads joined, atexit handlers, output flushed); a PYTHONPATH shim
+still gets a new interpreter."""
 
 import os
 import signal
 import subprocess
+import sys
 
 import pytest
 
@@ -41,3 +43,24 @@ def test_a_pythonpath_shim_gets_a_new_interpreter(workspace):
     process, _ = workspace.start("fashion-mnist --help", env={"PYTHONPATH": str(workspace.path)})
     assert isinstance(process, subprocess.Popen)
     assert process.wait(timeout=120) == 0
+
+
+END = """
+import atexit, sys, threading, time
+sys.path.insert(0, {helpers!r})
+from forkserver import end
+atexit.register(lambda: print("atexit ran", flush=True))
+threading.Thread(target=lambda: (time.sleep(0.5), print("thread joined", flush=True))).start()
+print("buffered, not flushed", end="")
+end({code!r})
+"""
+
+
+@pytest.mark.parametrize("code, status", [(None, 0), (3, 3), ("bye", 1)])
+def test_a_forked_command_ends_as_sys_exit_would_without_the_module_teardown(code, status):
+    """The fork server's fast exit: threads joined, then atexit handlers, output flushed, sys.exit's exit status."""
+    program = END.format(helpers=str(conftest.ROOT / "tests/helpers"), code=code)
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=60)
+    assert done.returncode == status
+    assert done.stdout == "buffered, not flushedthread joined\natexit ran\n"
+    assert done.stderr == ("bye\n" if code == "bye" else "")
