@@ -176,6 +176,7 @@ def test_predict_csv_has_a_row_per_test_image_in_order(workspace):
     "flags, expected",
     [
         ("--trainer.max_epoks=2", "did you mean 'trainer.max_epochs'"),
+        ("--trainer.max_epoch=2", "did you mean 'trainer.max_epochs'"),  # a prefix of a key is a typo too
         ("--model.optimizer.init_args.lrr=0.01", "did you mean 'model.optimizer.init_args.lr'"),
         ("--trainer.max_epochs=ten", "trainer.max_epochs"),
         ("--model.network=fashion_mnist_lightning.network.ResNet", "ResNet"),

@@ -69,7 +69,8 @@ class FashionMNISTCLI(LightningCLI):
         if not base.is_file():
             raise ConfigError(f"the shared run setup {base} is missing from the installed package; reinstall it")
         self.extra_callbacks, self.parsers = list(extra_callbacks), []
-        per_subcommand = {"default_config_files": [str(base)], "exit_on_error": False}
+        # allow_abbrev=False: a prefix of a key (--trainer.max_epoch) is a typo to refuse, not the key it begins
+        per_subcommand = {"default_config_files": [str(base)], "exit_on_error": False, "allow_abbrev": False}
         super().__init__(
             FashionMNISTClassifier,
             L.LightningDataModule,  # any DataModule by class path (base.yaml: Fashion-MNIST), --data my.DataModule
@@ -80,6 +81,7 @@ class FashionMNISTCLI(LightningCLI):
             trainer_defaults={"plugins": [ATOMIC_CHECKPOINTS]},  # shown by --print_config; a config may replace it
             parser_kwargs={
                 "exit_on_error": False,
+                "allow_abbrev": False,
                 "epilog": f"more commands: {', '.join(TOOLS)} (fashion-mnist COMMAND --help)",
                 **{name: dict(per_subcommand) for name in SUBCOMMANDS},
             },
