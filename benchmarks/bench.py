@@ -410,7 +410,7 @@ def markdown(r: dict) -> str:
     ]
     lines += [
         "",
-        "Ratios compare time per image (the template's epoch is its 55k train split):",
+        f"Ratios compare time per image (the template's epoch: {e['template']['images']:,} images of its train split):",
         f"- template / raw loop: **{q['template_over_raw']:.2f}x** (target <= 1.15x)",
         f"- seed loop / template: **{q['seed_over_template']:.2f}x** faster (target >= 1.5x)",
         f"- peer path / template: **{q['peer_over_template']:.2f}x** faster (target >= 2.5x)",
