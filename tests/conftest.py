@@ -28,6 +28,7 @@ import yaml
 
 from fashion_mnist_lightning.data import files as data
 from fashion_mnist_lightning.runs.precision import cpu_has_bf16
+from helpers.forkserver import record as record_command
 
 # `make test` runs the suite in parallel workers (pytest-xdist). Each worker's torch, and every command it starts,
 # gets its share of the cores: OpenMP threads that outnumber the cores spin against each other and slow a run
@@ -244,10 +245,8 @@ class Workspace:
                 f"{log.read_text(errors='replace')[-3000:]}"
             )
         result = Result(process.returncode, log.read_text(errors="replace"), log)
-        if os.environ.get("COMMAND_STATS") and not isinstance(process, Forked):  # the fork server records its own
-            record = {"test": os.environ.get("PYTEST_CURRENT_TEST", ""), "argv": list(map(str, argv))}
-            with open(os.environ["COMMAND_STATS"], "a") as stats:
-                stats.write(json.dumps({**record, "wall": time.monotonic() - start}) + "\n")
+        if not isinstance(process, Forked):  # the fork server records its own, with their CPU seconds
+            record_command(os.environ.get("PYTEST_CURRENT_TEST", ""), argv, time.monotonic() - start)
         assert not TRACEBACK.search(result.output), f"{' '.join(argv)} printed a traceback:\n{result.output[-4000:]}"
         if expect is not None:
             assert result.returncode == expect, (

@@ -92,15 +92,19 @@ def loop(listener: socket.socket, waiting: dict[int, tuple[socket.socket, float,
             connection, start, request = waiting.pop(pid)
             connection.sendall(f"{os.waitstatus_to_exitcode(status)}\n".encode())
             connection.close()
-            record(request, time.monotonic() - start, usage.ru_utime + usage.ru_stime)
+            test = request["env"].get("PYTEST_CURRENT_TEST", "")
+            record(test, request["argv"], time.monotonic() - start, cpu=usage.ru_utime + usage.ru_stime)
     raise SystemExit(0)  # the pytest worker is gone
 
 
-def record(request: dict, wall: float, cpu: float) -> None:
+def record(test: str, argv: list, wall: float, cpu: float | None = None) -> None:
+    """One line of COMMAND_STATS (if set) for a command that ended: its test, argv, wall and, if known, CPU seconds."""
     if os.environ.get("COMMAND_STATS"):
-        test = request["env"].get("PYTEST_CURRENT_TEST", "")
+        line = {"test": test, "argv": [str(word) for word in argv], "wall": wall}
+        if cpu is not None:
+            line["cpu"] = cpu
         with open(os.environ["COMMAND_STATS"], "a") as stats:
-            stats.write(json.dumps({"test": test, "argv": request["argv"][1:], "wall": wall, "cpu": cpu}) + "\n")
+            stats.write(json.dumps(line) + "\n")
 
 
 def become(request: dict) -> None:
