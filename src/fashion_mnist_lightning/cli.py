@@ -21,6 +21,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+import yaml
 from jsonargparse import Namespace
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.accelerators import CPUAccelerator
@@ -31,6 +32,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from fashion_mnist_lightning import configs, noise
 from fashion_mnist_lightning.callbacks import ConfusionMatrixLogger, PredictionCSV
+from fashion_mnist_lightning.data.files import DataError
 from fashion_mnist_lightning.errors import ConfigError, UserError, explain, fail, first_line
 from fashion_mnist_lightning.module import FashionMNISTClassifier
 from fashion_mnist_lightning.runs import checkpoint_io, folders, loggers
@@ -103,12 +105,23 @@ class FashionMNISTCLI(LightningCLI):
         )  # fmt: skip
         # What the data set knows flows into the model and its network (a network takes whichever of these its
         # __init__ has; README "Make it yours" states the DataModule's side of the contract).
-        parser.link_arguments("data.class_names", "model.class_names", apply_on="instantiate")
+        parser.link_arguments("data", "model.class_names", compute_fn=self.class_names_of, apply_on="instantiate")
         parser.link_arguments("data.image_shape", "model.image_shape", compute_fn=list, apply_on="instantiate")
+        parser.link_arguments("data", "model.mirror", compute_fn=may_mirror, apply_on="instantiate")
         for target, compute in NETWORK_LINKS.items():
             parser.link_arguments(
                 "data", f"model.network.init_args.{target}", compute_fn=compute, apply_on="instantiate"
             )
+
+    def class_names_of(self, data) -> list[str] | None:
+        """The data's class names; a data set that is not on this machine (an image folder moved away) has none,
+        and predict then takes the checkpoint's: predicting new images needs the checkpoint only."""
+        names = getattr(data, "class_names", None)
+        if names is None and self.subcommand == "predict" and self.checkpoint is not None:
+            return self.checkpoint.get("hyper_parameters", {}).get("class_names")
+        if names is None and getattr(data, "missing", None):
+            raise DataError(data.missing)
+        return names
 
     # ------------------------------------------------------------------------------------------------
     # parsing: one-line errors; --ckpt_path resolved and its hyper-parameters checked before Lightning uses them
@@ -117,6 +130,7 @@ class FashionMNISTCLI(LightningCLI):
         try:
             super().parse_arguments(parser, args)
         except ArgumentError as err:
+            refuse_factory_functions(args)
             raise ConfigError(explain(err, args, self.valid_keys())) from None
         subcommand = self.config.get("subcommand")
         self.checkpoint, self.resumed_run = None, None
@@ -124,6 +138,9 @@ class FashionMNISTCLI(LightningCLI):
             config = self.config[subcommand]
             loggers.prepare_mlflow(config)
             self.resumed_run = self.resolve_checkpoint(subcommand, config)
+            if subcommand == "fit" and config.model.get("init_weights") in ("last", "best"):
+                config.model.init_weights = str(self.newest(config, config.model.init_weights))
+                print(f"starting from the weights of {config.model.init_weights}", flush=True)
 
     def valid_keys(self) -> set[str]:
         keys = set()
@@ -152,16 +169,7 @@ class FashionMNISTCLI(LightningCLI):
                 raise ConfigError(
                     "fit resumes from --ckpt_path last (or a .ckpt path); best is for validate, test and predict"
                 )
-            if loggers.mlflow_init_args(config) is not None:
-                root, candidates = folders.mlflow_runs(*loggers.mlflow_store(config))
-            else:
-                root, candidates = loggers.logger_root(config), None
-            if root is None:
-                raise folders.ResumeError(
-                    f"--ckpt_path {ckpt} searches the runs of the configured logger, and there is none "
-                    "(trainer.logger); pass the path of a .ckpt file instead"
-                )
-            config.ckpt_path = str(folders.newest_checkpoint(root, ckpt, candidates))
+            config.ckpt_path = str(self.newest(config, ckpt))
             if rank_zero_only.rank == 0:  # once, not once per DDP process
                 print(f"{'resuming' if subcommand == 'fit' else 'evaluating'} {config.ckpt_path}", flush=True)
         self.checkpoint = checkpoint_io.read_checkpoint(config.ckpt_path)  # one line for a missing or foreign file
@@ -174,6 +182,20 @@ class FashionMNISTCLI(LightningCLI):
                 f"({first_line(err)[:200]}); pass a .ckpt written by `fashion-mnist fit`"
             ) from None
         return checkpoint_io.run_of(config.ckpt_path) if subcommand == "fit" and ckpt == "last" else None
+
+    @staticmethod
+    def newest(config: Namespace, which: str) -> Path:
+        """The newest run's ``last`` or ``best`` checkpoint, among the runs of the configured logger."""
+        if loggers.mlflow_init_args(config) is not None:
+            root, candidates = folders.mlflow_runs(*loggers.mlflow_store(config))
+        else:
+            root, candidates = loggers.logger_root(config), None
+        if root is None:
+            raise folders.ResumeError(
+                f"{which} searches the runs of the configured logger, and there is none (trainer.logger); "
+                "pass the path of a .ckpt file instead"
+            )
+        return folders.newest_checkpoint(root, which, candidates)
 
     # ------------------------------------------------------------------------------------------------
     # instantiation: the command's own folder, the template's callbacks, values the classes reject
@@ -259,6 +281,45 @@ class FashionMNISTCLI(LightningCLI):
             images, metrics = confusion.test_images if confusion else None, results[0] if results else {}
             run = folders.run_dir(self.trainer)
             print(summary(run, metrics, best, images, self.trainer.logger, self.model.metric_names), flush=True)
+
+
+def may_mirror(data) -> bool:
+    """Whether the data's images may be mirrored: not when its DataModule's ``hflip`` is false."""
+    return getattr(data, "hflip", True) is not False
+
+
+def refuse_factory_functions(words: list[str]) -> None:
+    """A network named by a function (torchvision.models.resnet18, as tutorials write it) is not a class: say the
+    way that works, instead of jsonargparse's message about its signature."""
+    for path in network_paths(words):
+        module, _, name = path.rpartition(".")
+        try:
+            target = getattr(import_module(module), name)
+        except (ImportError, AttributeError, ValueError):
+            continue  # jsonargparse's own message says it is not found
+        if callable(target) and not isinstance(target, type):
+            raise ConfigError(
+                f"--model.network {path} is a function, not an nn.Module class; use --model.network "
+                f"fashion_mnist_lightning.backbones.Pretrained --model.network.init_args.name {path} "
+                "(its pretrained weights, the data's classes and channels)"
+            )
+
+
+def network_paths(words: list[str]) -> list[str]:
+    """The class paths a command line gives model.network: its flags and its --config files' model.network."""
+    paths = []
+    for i, word in enumerate(words):
+        key, _, value = word.partition("=")
+        if key in ("--model.network", "--model.network.class_path"):
+            paths.append(value or (words[i + 1] if i + 1 < len(words) else ""))
+        elif key == "--config":
+            try:
+                recipe = yaml.safe_load(Path(value or words[i + 1]).read_text()) or {}
+                network = (recipe.get("model") or {}).get("network")
+            except (OSError, IndexError, AttributeError, yaml.YAMLError):
+                continue
+            paths.append(network.get("class_path", "") if isinstance(network, dict) else str(network or ""))
+    return [path for path in paths if "." in path]
 
 
 def has(objects: list, kind: type) -> bool:

@@ -80,7 +80,7 @@ class InMemoryImages(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         if stage == "predict" and self.predict_dir is not None:
-            self._setup_predict_folder(Path(self.predict_dir))
+            return self._setup_predict_folder(Path(self.predict_dir))  # new images: no split is needed
         if hasattr(self, "test_set"):
             return
         splits = self.load_splits()
@@ -110,7 +110,7 @@ class InMemoryImages(L.LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         if self.predict_dir is None:
             self.predict_names = [f"test[{i}]" for i in range(len(self.test_set))]
-        return self._loader(getattr(self, "predict_set", self.test_set), self.eval_batch_size)
+        return self._loader(self.predict_set if self.predict_dir is not None else self.test_set, self.eval_batch_size)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         images, labels = batch if isinstance(batch, (tuple, list)) else (batch, None)  # bare: example_input_array

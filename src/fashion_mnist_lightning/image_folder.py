@@ -7,12 +7,18 @@ Every file Pillow reads (PNG, JPEG, WebP, TIFF, ...; any size, grey or colour) i
 at ``image_size`` and ``channels`` (data/folder.py), and decoded again when the folder changes. A file that cannot be
 read is a row in ``<cache>-skipped.csv`` and a line on stderr, never a silent drop. From then on it is the same
 in-memory path as Fashion-MNIST: batches by index, floats and augmentation on the device, exact resume, DDP.
+
+Without the folder (a model handed to someone else) the DataModule still builds: predict of new images with
+``--data.predict_dir`` takes the class names from the checkpoint; fit, validate and test say in one line that they
+need the photos.
 """
 
+from pathlib import Path
 from typing import Literal
 
 import torch
 
+from fashion_mnist_lightning.data.files import DataError
 from fashion_mnist_lightning.data.folder import load_folder
 from fashion_mnist_lightning.data.sampler import split_indices
 from fashion_mnist_lightning.datamodule import InMemoryImages
@@ -25,7 +31,8 @@ class ImageFolderDataModule(InMemoryImages):
     def __init__(
         self,
         root: str,  # the folder of class folders (or of train/ [val/] [test/] holding them)
-        image_size: tuple[int, int] = (64, 64),  # (H, W) pixels every image is resized and centre-cropped to
+        image_size: int | tuple[int, int] = (64, 64),  # (H, W) pixels every image is resized and centre-cropped
+        # to; one number = a square
         channels: int = 3,  # 3 = RGB, 1 = grey
         cache_dir: str = "data",  # where the decoded uint8 cache and the skipped-files list are written
         val_fraction: float = 0.1,  # of the training images, held out for validation when there is no val/
@@ -42,23 +49,33 @@ class ImageFolderDataModule(InMemoryImages):
         super().__init__(batch_size, eval_batch_size, seed, data_on_device, crop_padding, hflip, predict_dir)
         if channels not in (1, 3):
             raise ValueError(f"--data.channels must be 1 (grey) or 3 (RGB), got {channels}")
-        if min(image_size) < 1:
-            raise ValueError(f"--data.image_size must be two positive sizes (H, W), got {image_size}")
+        image_size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+        if len(image_size) != 2 or min(image_size) < 1:
+            raise ValueError(f"--data.image_size must be one size or two (H, W), all positive, got {image_size}")
         for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
             if not 0 <= value < 1:
                 raise ValueError(f"--data.{name} must be in [0, 1), got {value}")
         if val_fraction + test_fraction >= 1:
             raise ValueError("--data.val_fraction + --data.test_fraction must leave training images (sum < 1)")
         self.save_hyperparameters()
-        arrays = load_folder(root, cache_dir, channels, tuple(image_size))  # decoded once, then cached
+        self.image_shape = (channels, *image_size)
+        self.class_names, self.mean, self.std, self.splits, self.missing = None, None, None, None, None
+        if not Path(root).exists():
+            self.missing = (
+                f"--data.root {root} does not exist: fit, validate, test and report evaluate its photos; pass the "
+                "folder with --data.root (predict with --data.predict_dir, export and serve need only the checkpoint)"
+            )
+            return
+        arrays = load_folder(root, cache_dir, channels, image_size)  # decoded once, then cached
         self.splits = split(arrays, val_fraction, test_fraction, seed)  # the only copy of the images kept
         self.class_names = list(arrays["class_names"])
-        self.image_shape = (channels, *image_size)
         train = self.splits["train"][0].float().div(255)  # (N, C, H, W)
         self.mean = tuple(train.mean(dim=(0, 2, 3)).tolist())
         self.std = tuple(train.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist())
 
     def load_splits(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        if self.splits is None:
+            raise DataError(self.missing)
         return self.splits
 
 

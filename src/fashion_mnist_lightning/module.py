@@ -13,6 +13,7 @@ from torch import nn
 from torchmetrics import MaxMetric, MeanMetric, Metric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
+from fashion_mnist_lightning.backbones import head_of, start_weights
 from fashion_mnist_lightning.data.augment import shift
 from fashion_mnist_lightning.errors import UserError, first_line
 from fashion_mnist_lightning.network import SeedCNN
@@ -22,15 +23,26 @@ NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.Gr
 PRIMITIVE = (bool, int, float, str, type(None), list, tuple, dict)
 MetricCallable = Callable[[int], Metric]  # a torchmetrics class with its init_args, called with the class count
 
-# test-time augmentation: (weight, view) pairs for images (N, C, H, W), the weights summing to 1
+# test-time augmentation: the views of each image as (weight, mirrored, shift in pixels along the diagonal), the
+# weights summing to 1; a model whose data must not be mirrored (mirror=False) keeps the unmirrored ones, reweighted
 TTA_VIEWS = {
-    "none": lambda x: [(1.0, x)],
-    "flip": lambda x: [(0.5, x), (0.5, x.flip(-1))],
-    "flip_shift": lambda x: [
-        *((0.25, view) for view in (x, x.flip(-1))),
-        *((0.125, shift(view, d, d)) for view in (x, x.flip(-1)) for d in (-1, 1)),
-    ],
+    "none": [(1.0, False, 0)],
+    "flip": [(0.5, False, 0), (0.5, True, 0)],
+    "flip_shift": [(0.25, False, 0), (0.25, True, 0), *((0.125, m, d) for m in (False, True) for d in (-1, 1))],
 }
+
+
+def tta_views(name: str, images: torch.Tensor, mirror: bool) -> list[tuple[float, torch.Tensor]]:
+    """(weight, view) pairs of ``images`` (N, C, H, W) for the test-time augmentation ``name``."""
+    views = [(w, m, d) for w, m, d in TTA_VIEWS[name] if mirror or not m]
+    total = sum(w for w, _, _ in views)
+    made = []
+    for weight, mirrored, offset in views:
+        view = images.flip(-1) if mirrored else images
+        made.append((weight / total, shift(view, offset, offset) if offset else view))
+    return made
+
+
 # the views of at most this many images in one forward pass (measured with AirNet on 2 CPU cores, 6 views: one image
 # 5.7 ms instead of 12.9, sixteen 29 ms instead of 45; but 500 images 1.40 s instead of 0.98)
 ONE_PASS_TTA_IMAGES = 256
@@ -126,16 +138,23 @@ class FashionMNISTClassifier(L.LightningModule):
         tta: Literal["none", "flip", "flip_shift"] = "none",  # evaluation (val/test/predict) averages the logits
         # of several views of each image: "flip" = image and mirror; "flip_shift" = those two (weight 1/2) and both
         # shifted by one pixel along the diagonal, each way (weight 1/2)
+        mirror: bool = True,  # linked from the data (false when data.hflip is false): whether an image and its
+        # mirror are the same class; false drops the mirrored test-time views, so one setting says "never mirror"
         norm_lr_scale: float = 1.0,  # learning-rate multiplier for the normalisation layers' parameters (airbench: 64)
         metrics: dict[str, MetricCallable] | None = None,  # more validation/test metrics by name, e.g. f1_macro:
         # {class_path: torchmetrics.classification.MulticlassF1Score, init_args: {average: macro}}; updated with the
         # logits, logged as val/<name> and test/<name>, in the run summary and TensorBoard's HPARAMS
+        init_weights: str | None = None,  # fit: start the network from this checkpoint of the template's (a .ckpt
+        # path; best / last = the newest run's), its head new when the classes differ: a new run, a fresh optimizer
+        backbone_lr_scale: float = 1.0,  # learning-rate multiplier for every parameter outside the network's head
+        # (fine-tuning a pretrained backbone: 0.1; see finetune.FreezeBackbone)
     ):
         super().__init__()
         if not 0 <= label_smoothing < 1:
             raise ValueError(f"--model.label_smoothing must be in [0, 1), got {label_smoothing}")
-        if norm_lr_scale <= 0:
-            raise ValueError(f"--model.norm_lr_scale must be > 0, got {norm_lr_scale}")
+        for name, scale in (("norm_lr_scale", norm_lr_scale), ("backbone_lr_scale", backbone_lr_scale)):
+            if scale <= 0:
+                raise ValueError(f"--model.{name} must be > 0, got {scale}")
         check_optimizer(optimizer, scheduler)
         with warnings.catch_warnings():  # a network object passed in Python is dropped just below
             warnings.filterwarnings("ignore", message="Attribute 'network' is an instance of `nn.Module`")
@@ -151,7 +170,8 @@ class FashionMNISTClassifier(L.LightningModule):
         self.class_names = check_classes(self.network, self.example_input_array, class_names)
         self.compile_network = compile
         self.channels_last = channels_last
-        self.tta, self.norm_lr_scale = tta, norm_lr_scale
+        self.tta, self.mirror, self.norm_lr_scale = tta, mirror, norm_lr_scale
+        self.init_weights, self.backbone_lr_scale = init_weights, backbone_lr_scale
 
         accuracy = dict(num_classes=len(self.class_names), average="micro")
         self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
@@ -163,6 +183,13 @@ class FashionMNISTClassifier(L.LightningModule):
         for metric in (self.train_loss, self.train_acc, self.val_acc_best):
             metric.persistent(True)  # in the checkpoint: a resumed epoch continues its running values
         self._resumed_schedule_steps: list[int | None] = []
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit" and self.trainer.ckpt_path is None:  # a new run: from pretrained weights, if any (a
+            # resume continues its checkpoint; predict, export and serve read everything from the checkpoint)
+            done = start_weights(self.network, self.init_weights)
+            if done and self.trainer.is_global_zero:
+                print(done, flush=True)
 
     def configure_model(self) -> None:
         if self.channels_last:
@@ -179,7 +206,7 @@ class FashionMNISTClassifier(L.LightningModule):
         """Logits for evaluation: the weighted mean of the logits of the views ``tta`` names. (N, classes). Few images
         (a served request) go through the network as one batch of all views (V*N, C, H, W): one forward pass
         instead of V small ones; a large evaluation batch view by view, which is faster there."""
-        weights, views = zip(*TTA_VIEWS[self.tta](images))
+        weights, views = zip(*tta_views(self.tta, images, self.mirror))
         if len(views) > 1 and len(views) * len(images) <= ONE_PASS_TTA_IMAGES:
             return sum(w * part for w, part in zip(weights, self(torch.cat(views)).split(len(images))))
         return sum(w * self(view) for w, view in zip(weights, views))
@@ -271,16 +298,29 @@ class FashionMNISTClassifier(L.LightningModule):
     def parameter_groups(self) -> list[dict]:
         """Weight decay on weight matrices and convolution kernels only, not on biases or normalisation
         parameters (as nanoGPT and airbench do): decaying those only pulls the network towards a bad offset.
-        The normalisation layers' parameters learn ``norm_lr_scale`` times faster (``lr_scale``, applied to
-        the optimizer's lr, or to OneCycleLR's max_lr)."""
+        The normalisation layers' parameters learn ``norm_lr_scale`` times faster, and with ``backbone_lr_scale``
+        every parameter outside the head that much slower or faster (``lr_scale``, applied to the optimizer's lr,
+        or to OneCycleLR's max_lr). finetune.FreezeBackbone freezes the backbone after this (in on_fit_start), so
+        its parameters are in the groups: they have no gradient while frozen, and the optimizer skips them."""
         norms = {id(p) for m in self.modules() if isinstance(m, NORMS) for p in m.parameters()}
+        head = {id(p) for p in head_of(self.network).parameters()} if self.backbone_lr_scale != 1 else None
         params = [p for p in self.parameters() if p.requires_grad]
-        groups = [
-            ("weights", [p for p in params if p.ndim >= 2], {}, 1.0),
-            ("biases", [p for p in params if p.ndim < 2 and id(p) not in norms], {"weight_decay": 0.0}, 1.0),
-            ("norms", [p for p in params if p.ndim < 2 and id(p) in norms], {"weight_decay": 0.0}, self.norm_lr_scale),
+        kinds = [
+            ("weights", lambda p: p.ndim >= 2, {}, 1.0),
+            ("biases", lambda p: p.ndim < 2 and id(p) not in norms, {"weight_decay": 0.0}, 1.0),
+            ("norms", lambda p: p.ndim < 2 and id(p) in norms, {"weight_decay": 0.0}, self.norm_lr_scale),
         ]
-        return [{"params": ps, "name": name, "lr_scale": scale, **options} for name, ps, options, scale in groups if ps]
+        parts = [("", lambda p: True, 1.0)] if head is None else [
+            ("head_", lambda p: id(p) in head, 1.0),
+            ("backbone_", lambda p: id(p) not in head, self.backbone_lr_scale),
+        ]  # fmt: skip
+        groups = []
+        for prefix, in_part, part_scale in parts:
+            for name, kind, options, scale in kinds:
+                ps = [p for p in params if in_part(p) and kind(p)]
+                if ps:
+                    groups.append({"params": ps, "name": prefix + name, "lr_scale": scale * part_scale, **options})
+        return groups
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self._resumed_schedule_steps = [s.get("total_steps") for s in checkpoint.get("lr_schedulers", [])]

@@ -47,7 +47,8 @@ def export(network: nn.Module, fmt: str, output: Path, image_shape: tuple[int, i
     """Write ``network`` as ``fmt`` to ``output`` (atomically: a temporary file beside it, then a rename).
     ``image_shape``: (C, H, W) of its input, default ``network.image_shape`` (load_network sets it)."""
     example = torch.rand(2, *(image_shape or network.image_shape))  # (N, C, H, W) in [0, 1]
-    batch = torch.export.Dim("batch", min=1)
+    # the batch dimension of forward's first argument, by position: its name is the network author's choice
+    dynamic = ({0: torch.export.Dim("batch", min=1)},)
     if fmt == "state_dict":
         atomic_write(output, lambda f: torch.save(network.state_dict(), f))
     elif fmt == "safetensors":
@@ -64,14 +65,14 @@ def export(network: nn.Module, fmt: str, output: Path, image_shape: tuple[int, i
                 str(path),
                 input_names=["images"],
                 output_names=["logits"],
-                dynamic_shapes={"images": {0: batch}},
+                dynamic_shapes=dynamic,
                 dynamo=True,
                 external_data=False,
                 verbose=False,
             )
             atomic_write(output, lambda f: f.write(path.read_bytes()))
     elif fmt == "pt2":
-        program = torch.export.export(network, (example,), dynamic_shapes={"images": {0: batch}})
+        program = torch.export.export(network, (example,), dynamic_shapes=dynamic)
         atomic_write(output, lambda f: torch.export.save(program, f))
     elif fmt == "torchscript":
         with warnings.catch_warnings():  # "torch.jit.trace/save is deprecated": the format's own note says so
