@@ -13,7 +13,6 @@ No Lightning here: like network.py, this is plain torch (+ timm, the ``finetune`
 """
 
 import difflib
-import os
 from pathlib import Path
 
 import torch
@@ -54,7 +53,7 @@ def head_of(network: nn.Module) -> nn.Module:
 
 def fit_state_dict(network: nn.Module, state: dict[str, torch.Tensor], source: str) -> list[str]:
     """Load ``state`` into ``network``, adapted: a convolution whose input channels differ (the stem) is summed or
-    repeated to the network's (timm's adapt_input_conv), per-channel normalisation statistics likewise, the head's
+    repeated to the network's (as timm adapts its stems), per-channel normalisation statistics likewise, the head's
     tensors are left as initialised when their shape differs (another class count). Anything else that does not
     match is a WeightsError naming the first tensor. Returns the names of the tensors left as initialised."""
     own, classifier = network.state_dict(), head_of(network)
@@ -101,11 +100,13 @@ def start_weights(network: nn.Module, init_weights: str | None) -> str | None:
 
 
 def adapt_channels(weight: torch.Tensor, channels: int) -> torch.Tensor:
-    """A conv kernel (out, C, kh, kw) for ``channels`` inputs: summed to one channel, repeated and rescaled to more
-    (timm's adapt_input_conv, as timm does for its own pretrained stems)."""
-    from timm.models import adapt_input_conv
-
-    return adapt_input_conv(channels, weight.float()).to(weight.dtype)
+    """A conv kernel (out, C, kh, kw) for ``channels`` inputs, as timm adapts its pretrained stems: summed over C for
+    one channel (a grey image through RGB filters); else C repeated cyclically to ``channels`` and scaled by
+    C / channels, so an image whose channels are equal gives the same output as before."""
+    if channels == 1:
+        return weight.sum(dim=1, keepdim=True)
+    repeats = -(-channels // weight.shape[1])  # ceil
+    return weight.repeat(1, repeats, 1, 1)[:, :channels] * (weight.shape[1] / channels)
 
 
 def read_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -263,7 +264,10 @@ def per_channel(values: tuple[float, ...], channels: int) -> tuple[float, ...]:
 
 
 def hub_timm(config: dict, name: str) -> tuple[str, dict[str, torch.Tensor]]:
-    """The weights of a timm model from its Hugging Face repository, through the usual cache (HF_HOME)."""
+    """The weights of a timm model from its Hugging Face repository, through the usual cache (HF_HOME): a cached
+    copy is read without asking the network; otherwise one quick look (10 s at most) before the download, so no
+    network is one line within seconds, not the hub client's minute of retries."""
+    import huggingface_hub
     from timm.models import load_state_dict_from_hf
 
     hub_id = config.get("hf_hub_id")
@@ -272,7 +276,17 @@ def hub_timm(config: dict, name: str) -> tuple[str, dict[str, torch.Tensor]]:
             f"timm has no pretrained weights for {name} on the Hugging Face hub; pass a local file with "
             "--model.network.init_args.weights PATH, or a tagged name (timm.list_models(pretrained=True))"
         )
-    os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "10")  # seconds to wait for the hub before using the cache
+    for filename in ("model.safetensors", "pytorch_model.bin"):  # what timm looks for, in its order
+        cached = huggingface_hub.try_to_load_from_cache(hub_id, filename)
+        if isinstance(cached, str):
+            return f"hf-hub:{hub_id} (cached: {cached})", read_weights(Path(cached))
+    if huggingface_hub.constants.HF_HUB_OFFLINE:
+        raise WeightsError(
+            f"the pretrained weights of {name} (hf-hub:{hub_id}) are not in the Hugging Face cache "
+            f"({huggingface_hub.constants.HF_HUB_CACHE}) and HF_HUB_OFFLINE is set; run once online, or pass a "
+            "local file with --model.network.init_args.weights PATH"
+        )
+    huggingface_hub.model_info(hub_id, timeout=10)  # raises at once without a network
     return f"hf-hub:{hub_id}", load_state_dict_from_hf(hub_id)
 
 

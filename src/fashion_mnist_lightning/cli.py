@@ -55,11 +55,11 @@ TOOLS = {  # commands beside LightningCLI's subcommands
 BATCH_LIMITS = ("limit_train_batches", "limit_val_batches", "limit_test_batches", "limit_predict_batches")
 ATOMIC_CHECKPOINTS = {"class_path": "fashion_mnist_lightning.runs.checkpoint_io.AtomicCheckpointIO"}
 NETWORK_LINKS = {  # network __init__ argument <- the DataModule (lists: the checkpoint's hparams stay plain YAML)
-    "num_classes": lambda data: len(data.class_names),
-    "in_channels": lambda data: data.image_shape[0],
-    "image_size": lambda data: list(data.image_shape[1:]),
-    "mean": lambda data: list(getattr(data, "mean", None) or [0.0] * data.image_shape[0]),
-    "std": lambda data: list(getattr(data, "std", None) or [1.0] * data.image_shape[0]),
+    "num_classes": lambda data, names: len(names),
+    "in_channels": lambda data, names: data.image_shape[0],
+    "image_size": lambda data, names: list(data.image_shape[1:]),
+    "mean": lambda data, names: list(getattr(data, "mean", None) or [0.0] * data.image_shape[0]),
+    "std": lambda data, names: list(getattr(data, "std", None) or [1.0] * data.image_shape[0]),
 }
 
 
@@ -110,7 +110,10 @@ class FashionMNISTCLI(LightningCLI):
         parser.link_arguments("data", "model.mirror", compute_fn=may_mirror, apply_on="instantiate")
         for target, compute in NETWORK_LINKS.items():
             parser.link_arguments(
-                "data", f"model.network.init_args.{target}", compute_fn=compute, apply_on="instantiate"
+                "data",
+                f"model.network.init_args.{target}",
+                compute_fn=lambda data, compute=compute: compute(data, self.class_names_of(data)),
+                apply_on="instantiate",
             )
 
     def class_names_of(self, data) -> list[str] | None:

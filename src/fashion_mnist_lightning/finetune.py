@@ -13,8 +13,8 @@ optimizer skips them; backward stops at the head) and its BatchNorm layers keep 
 mode). From then on the whole network trains, the backbone at ``model.backbone_lr_scale`` times the head's learning
 rate (its own parameter group from the start, so OneCycleLR and the other schedules see it all along).
 
-Whether the backbone is frozen is decided at the start of every training epoch from the epoch number alone, which
-the checkpoint restores exactly: a run resumed mid-freeze, at the unfreeze epoch or after it trains exactly as the
+Whether the backbone is frozen is decided before every training batch from the epoch number alone, which the
+checkpoint restores exactly: a run resumed mid-freeze, at the unfreeze epoch or after it trains exactly as the
 uninterrupted run (Lightning's BackboneFinetuning re-freezes a thawed backbone on resume, #21901). The optimizer is
 built before the freeze, with every parameter in its groups, so nothing is rebuilt or added at the thaw.
 
@@ -40,7 +40,8 @@ class FreezeBackbone(Callback):
         if epochs < 0:
             raise ValueError(f"FreezeBackbone epochs must be >= 0, got {epochs}")
         self.epochs, self.train_norms = epochs, train_norms
-        self.frozen = False
+        self.frozen = False  # the schedule's state: saved in the checkpoint
+        self.applied: bool | None = None  # what this process's parameters are set to (None: not yet)
         self.backbone: list = []  # parameters the schedule freezes and thaws (those trainable at the start)
         self.norms: list = []  # the backbone's normalisation layers
 
@@ -59,17 +60,21 @@ class FreezeBackbone(Callback):
         self.norms = [] if self.train_norms else norms
         held = {id(p) for m in norms for p in m.parameters()} if self.train_norms else set()
         self.backbone = [p for p in network.parameters() if p.requires_grad and id(p) not in head | held]
-
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        frozen = trainer.current_epoch < self.epochs
-        for parameter in self.backbone:
-            parameter.requires_grad_(not frozen)
-        if self.frozen and not frozen and trainer.is_global_zero:
-            print(f"\nepoch {trainer.current_epoch}: the backbone thaws; the whole network trains", flush=True)
-        self.frozen = frozen
+        self.applied = None
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
-        if self.frozen:  # after Lightning's model.train() (each epoch, after each validation)
+        # Decided at every batch, not in on_train_epoch_start: Lightning skips that hook for the epoch a mid-epoch
+        # checkpoint resumes.
+        frozen = trainer.current_epoch < self.epochs
+        if frozen is not self.applied:
+            for parameter in self.backbone:
+                parameter.requires_grad_(not frozen)
+            for norm in self.norms:  # thawed: back to batch statistics (Lightning's validation loop restores each
+                norm.train(not frozen)  # module's own mode, so the eval set while frozen would otherwise stay)
+            if self.frozen and not frozen and trainer.is_global_zero:
+                print(f"\nepoch {trainer.current_epoch}: the backbone thaws; the whole network trains", flush=True)
+            self.applied = self.frozen = frozen
+        if frozen:
             for norm in self.norms:
                 norm.eval()
 
@@ -77,6 +82,7 @@ class FreezeBackbone(Callback):
         return {"epochs": self.epochs, "frozen": self.frozen}
 
     def load_state_dict(self, state: dict) -> None:
+        self.frozen = bool(state.get("frozen", False))
         if state.get("epochs", self.epochs) != self.epochs:
             raise ConfigError(
                 f"this run froze its backbone for {state['epochs']} epochs, the resumed run says {self.epochs}; "

@@ -184,13 +184,6 @@ class FashionMNISTClassifier(L.LightningModule):
             metric.persistent(True)  # in the checkpoint: a resumed epoch continues its running values
         self._resumed_schedule_steps: list[int | None] = []
 
-    def setup(self, stage: str) -> None:
-        if stage == "fit" and self.trainer.ckpt_path is None:  # a new run: from pretrained weights, if any (a
-            # resume continues its checkpoint; predict, export and serve read everything from the checkpoint)
-            done = start_weights(self.network, self.init_weights)
-            if done and self.trainer.is_global_zero:
-                print(done, flush=True)
-
     def configure_model(self) -> None:
         if self.channels_last:
             self.network.to(memory_format=torch.channels_last)
@@ -263,6 +256,13 @@ class FashionMNISTClassifier(L.LightningModule):
             self.train_loss.reset()
             self.train_acc.reset()
 
+    def on_fit_start(self) -> None:
+        if self.trainer.ckpt_path is None:  # a new run: from pretrained weights, if any (a resume continues its
+            # checkpoint; predict, export and serve read everything from the checkpoint, never the weights' source)
+            done = start_weights(self.network, self.init_weights)
+            if done and self.trainer.is_global_zero:
+                print(done, flush=True)
+
     def on_train_epoch_end(self) -> None:
         self.log("train/acc", self.train_acc, prog_bar=True)  # Lightning computes, syncs and resets it
 
@@ -285,7 +285,10 @@ class FashionMNISTClassifier(L.LightningModule):
             run_length["max_lr"] = [keywords["max_lr"] * group["lr_scale"] for group in optimizer.param_groups]
         try:
             scheduler = self.scheduler_factory(optimizer, **run_length)
-        except ZeroDivisionError:  # OneCycleLR when pct_start x total_steps is 1: a phase of zero steps
+        except (ZeroDivisionError, ValueError) as err:  # OneCycleLR when pct_start x total_steps is 1 (a phase of
+            # zero steps) or the run has no steps at all (--trainer.limit_train_batches=0)
+            if isinstance(err, ValueError) and run_length.get("total_steps", 1) > 0:
+                raise
             raise ScheduleLengthError(
                 f"a run of {run_length.get('total_steps', '?')} optimizer steps is too short for this schedule's "
                 "phases; train longer (--trainer.max_epochs, --trainer.limit_train_batches) or change "

@@ -37,10 +37,11 @@ class CheckpointOnSignal(Callback):
 
     def __init__(self):
         self.received: int | None = None
+        self.position = "the end of training"  # where a signal noticed at on_train_end stopped the run
         self._previous: dict[int, object] = {}
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.received = None
+        self.received, self.position = None, "the end of training"
         if threading.current_thread() is threading.main_thread():  # Python only delivers signals there
             self._previous = {signum: signal.signal(signum, self._on_signal) for signum in SIGNALS}
 
@@ -51,13 +52,20 @@ class CheckpointOnSignal(Callback):
         self.received = signum
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int):
+        if batch_idx + 1 == trainer.num_training_batches:  # the epoch's last batch: stop after its validation and
+            return  # epoch end instead; resumed from here, Lightning would skip both (no val/acc, no epoch curves)
         if self._agreed_signal(trainer, pl_module):
             self._checkpoint_and_stop(trainer, f"epoch {trainer.current_epoch} after batch {batch_idx + 1}")
 
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._agreed_signal(trainer, pl_module):  # after the epoch's validation: let the epoch end as usual (its
+            trainer.should_stop = True  # curves logged), then on_train_end checkpoints and stops
+            self.position = f"the end of epoch {trainer.current_epoch}"
+
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._restore_handlers()
-        if self._agreed_signal(trainer, pl_module):  # arrived during the last validation: the run is complete
-            self._checkpoint_and_stop(trainer, "the end of training")
+        if self._agreed_signal(trainer, pl_module):  # at an epoch's end, or during the last validation
+            self._checkpoint_and_stop(trainer, self.position)
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         self._restore_handlers()
