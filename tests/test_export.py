@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import Workspace
+from conftest import Workspace, last_checkpoint_of
 from fashion_mnist_lightning.data.files import load_cache
 from fashion_mnist_lightning.extras.export import FORMATS, load_network
 
@@ -45,10 +45,23 @@ def run_format(fmt: str, path, images: torch.Tensor) -> np.ndarray:
     raise ValueError(fmt)
 
 
+@pytest.fixture(scope="module")
+def trained_pretrained(tmp_path_factory, real_data_dir) -> Path:
+    """A short run of a timm backbone (backbones.Pretrained, timm's test ResNet, random init): its last checkpoint."""
+    return last_checkpoint_of(
+        tmp_path_factory,
+        "trained-pretrained",
+        "fashion-mnist fit --config configs/default.yaml --model.network fashion_mnist_lightning.backbones.Pretrained "
+        "--model.network.init_args.name test_resnet --model.network.init_args.weights null --trainer.max_epochs=1 "
+        "--trainer.limit_train_batches=5 --trainer.limit_val_batches=1",
+    )
+
+
 @pytest.mark.parametrize("fmt", ["onnx", "pt2", "torchscript"])
-@pytest.mark.parametrize("which", ["SeedCNN", "VGGNet", "AirNet"])
+@pytest.mark.parametrize("which", ["SeedCNN", "VGGNet", "AirNet", "Pretrained"])
 def test_every_program_format_equals_torch_at_batch_1_and_1000(tool, request, images, fmt, which):
-    fixture = {"SeedCNN": "trained", "VGGNet": "trained_vgg", "AirNet": "trained_airnet"}[which]
+    fixture = {"SeedCNN": "trained", "VGGNet": "trained_vgg", "AirNet": "trained_airnet"}.get(which)
+    fixture = fixture or f"trained_{which.lower()}"
     checkpoint = request.getfixturevalue(fixture)
     checkpoint = checkpoint / "checkpoints/last.ckpt" if checkpoint.is_dir() else checkpoint
     path = export(tool, checkpoint, fmt)
@@ -59,6 +72,39 @@ def test_every_program_format_equals_torch_at_batch_1_and_1000(tool, request, im
             expected = network(batch).numpy()
         logits = run_format(fmt, path, batch)
         assert logits.shape == (len(batch), 10) and np.abs(logits - expected).max() <= 1e-5
+
+
+USER_NETWORK = '''import torch
+from torch import nn
+
+
+class TinyNet(nn.Module):
+    """A user's own network: its forward argument is called x, not images."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, 4, 3)
+        self.out = nn.Linear(4, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.conv(x).amax(dim=(2, 3)))
+'''
+
+
+def test_a_users_network_exports_whatever_its_forward_argument_is_called(workspace, images, monkeypatch):
+    (workspace.path / "my_net.py").write_text(USER_NETWORK)
+    workspace.run(
+        "fashion-mnist fit --config configs/default.yaml --model.network my_net.TinyNet --trainer.max_epochs=1 "
+        "--trainer.limit_train_batches=3 --trainer.limit_val_batches=1"
+    )
+    checkpoint = workspace.runs()[0] / "checkpoints/last.ckpt"
+    monkeypatch.syspath_prepend(str(workspace.path))  # my_net.py, as `fashion-mnist` finds it in its folder
+    network = load_network(checkpoint)
+    for fmt in ("onnx", "pt2", "torchscript"):
+        path = export(workspace, checkpoint, fmt)
+        with torch.inference_mode():
+            expected = network(images[:7]).numpy()
+        assert np.abs(run_format(fmt, path, images[:7]) - expected).max() <= 1e-5
 
 
 def test_onnx_is_one_self_contained_file_that_works_when_copied_alone(tool, trained, images, tmp_path):

@@ -368,9 +368,9 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         except UserError as err:
             folders.release_unused()  # nothing was done: leave no folder behind
-            return fail(err, 2)
+            return fail(err, 2, rank_zero_only.rank)
         except NonFiniteLossError as err:
-            return fail(err, 1)
+            return fail(err, 1, rank_zero_only.rank)
         except TrainingInterrupted as err:
             if rank_zero_only.rank == 0:  # under DDP every process stops alike: one line for the user
                 print(f"\nstopped: {err}", file=sys.stderr, flush=True)
@@ -381,6 +381,7 @@ def main(argv: list[str] | None = None) -> int:
                 "folder (--trainer.logger.init_args.save_dir), then resume with --ckpt_path last (checkpoints "
                 "already written are intact)",
                 1,
+                rank_zero_only.rank,
             )
         except RuntimeError as err:
             if distributed_failure(err):
@@ -388,6 +389,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"DDP: {first_line(err)[:300]}; another process stopped or hangs. The wait is bounded by "
                     "--trainer.strategy.init_args.timeout (configs/ddp_cpu.yaml); resume with --ckpt_path last",
                     1,
+                    rank_zero_only.rank,
                 )
             raise
         finally:

@@ -52,15 +52,13 @@ class CheckpointOnSignal(Callback):
         self.received = signum
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int):
-        if batch_idx + 1 == trainer.num_training_batches:  # the epoch's last batch: stop after its validation and
-            return  # epoch end instead; resumed from here, Lightning would skip both (no val/acc, no epoch curves)
-        if self._agreed_signal(trainer, pl_module):
-            self._checkpoint_and_stop(trainer, f"epoch {trainer.current_epoch} after batch {batch_idx + 1}")
-
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self._agreed_signal(trainer, pl_module):  # after the epoch's validation: let the epoch end as usual (its
-            trainer.should_stop = True  # curves logged), then on_train_end checkpoints and stops
-            self.position = f"the end of epoch {trainer.current_epoch}"
+        if not self._agreed_signal(trainer, pl_module):
+            return
+        if batch_idx + 1 == trainer.num_training_batches:  # the epoch's last batch: let its validation and epoch
+            trainer.should_stop = True  # end run (resumed from this batch, Lightning would skip both: no val/acc,
+            self.position = f"the end of epoch {trainer.current_epoch}"  # no epoch curves); on_train_end then
+            return  # checkpoints. No collective at epoch end: rank 0's progress bar syncs metrics there
+        self._checkpoint_and_stop(trainer, f"epoch {trainer.current_epoch} after batch {batch_idx + 1}")
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._restore_handlers()
