@@ -3,6 +3,7 @@ colour, any size, both folder layouts; and the DataModule's own guarantees (spli
 
 import csv
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -117,6 +118,31 @@ def test_an_unreadable_photo_is_named_on_stderr_and_listed_and_the_rest_trains(p
     assert any("1 unreadable files in photos were left out" in line for line in again.output.splitlines())
 
 
+def test_a_folder_model_predicts_without_its_photos_and_never_mirrors_what_the_data_must_not(photos):
+    # image_size 32 means 32x32; hflip false is the one place that says "never mirror": the flip TTA of the recipe
+    # follows it (a digit and its mirror are not the same class)
+    photos.run(f"{FOLDER} --data.root photos --data.image_size 32 --data.hflip false {' '.join(SMALL)}")
+    run = photos.runs()[0]
+    saved = hparams(run / "checkpoints/last.ckpt")
+    assert tuple(saved["image_shape"]) == (3, 32, 32) and saved["tta"] == "flip" and saved["mirror"] is False
+
+    new = photos.path / "new_photos"
+    new.mkdir()
+    for name in ("circle", "square"):
+        shutil.copy(sorted((photos.path / "photos" / name).iterdir())[0], new / f"mine_{name}.png")
+    shutil.move(photos.path / "photos", photos.path / "moved_away")  # handed to a colleague: no photos, no cache
+    shutil.rmtree(photos.path / "data")
+    photos.run(f"fashion-mnist predict --config {run}/config.yaml --ckpt_path best --data.predict_dir {new}")
+    rows = list(csv.DictReader((run / "evaluations/predict_0/predictions.csv").open()))
+    assert [r["file"] for r in rows] == ["mine_circle.png", "mine_square.png"] and list(rows[0])[3:6] == CLASSES
+
+    for command in ("test", "validate"):  # these evaluate the photos' own splits: one line that says so
+        refused = photos.run(f"fashion-mnist {command} --config {run}/config.yaml --ckpt_path best", expect=2)
+        assert "--data.root photos does not exist" in refused.error and "predict_dir" in refused.error
+    assert not (run / "evaluations/test_0").exists()
+    photos.run("fashion-mnist export --ckpt_path best --format onnx")
+
+
 @pytest.mark.parametrize(
     "make, expected",
     [
@@ -200,6 +226,23 @@ def test_a_resumed_sampler_hands_out_exactly_the_rest_of_the_epoch(flat, tmp_pat
     resumed.load_state_dict({"train_sampler": first.train_sampler.state_dict()})  # what a checkpoint holds
     rest = [labels for _, labels in resumed.train_dataloader()]
     assert all(torch.equal(a, b) for a, b in zip(seen + rest, straight)) and len(seen + rest) == len(straight)
+
+
+@pytest.mark.parametrize(
+    "flag, expected",
+    [
+        ("--data.channels abc", "--data.channels: expected int, got abc"),
+        ("--data.image_size [32,x]", "--data.image_size: expected int or tuple[int, int], got [32, 'x']"),
+        (
+            "--data.imagesize 32",
+            "--data.imagesize is not an argument of the chosen class (did you mean 'data.image_size'?)",
+        ),
+    ],
+)
+def test_a_wrong_value_names_its_own_key_never_an_unrelated_one(photos, in_process, flag, expected):
+    result = in_process(f"{FOLDER} --data.root photos {flag}", expect=2)
+    assert expected in result.error and "val_size" not in result.error and len(result.error) < 200
+    assert not photos.runs()
 
 
 def test_values_the_datamodule_rejects_are_one_line(flat, tmp_path):

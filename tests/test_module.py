@@ -139,6 +139,20 @@ def test_flip_tta_is_the_mean_of_the_two_views_in_evaluation_and_off_in_training
         assert torch.equal(train_logits.argmax(1), model(images).argmax(1))  # training: the plain view only
 
 
+def test_data_that_must_not_be_mirrored_gets_no_mirrored_views_and_the_rest_reweighted():
+    from fashion_mnist_lightning.data.augment import shift
+    from fashion_mnist_lightning.module import tta_views
+
+    images = torch.rand(3, 1, 28, 28)
+    views = tta_views("flip_shift", images, mirror=False)
+    assert [w for w, _ in views] == [0.5, 0.25, 0.25]
+    assert torch.equal(views[1][1], shift(images, -1, -1)) and torch.equal(views[2][1], shift(images, 1, 1))
+    torch.manual_seed(0)
+    model = FashionMNISTClassifier(network=VGGNet(width=4), tta="flip", mirror=False).eval()
+    with torch.no_grad():
+        assert torch.equal(model.evaluate(images), model(images))  # "flip" on unmirrorable data: the image alone
+
+
 def test_training_metrics_are_in_the_checkpoint_state():
     keys = FashionMNISTClassifier().state_dict().keys()
     assert {"train_loss.mean_value", "train_acc.tp", "val_acc_best.max_value"} <= keys

@@ -107,7 +107,8 @@ class FashionMNISTCLI(LightningCLI):
         # __init__ has; README "Make it yours" states the DataModule's side of the contract).
         parser.link_arguments("data", "model.class_names", compute_fn=self.class_names_of, apply_on="instantiate")
         parser.link_arguments("data.image_shape", "model.image_shape", compute_fn=list, apply_on="instantiate")
-        parser.link_arguments("data", "model.mirror", compute_fn=may_mirror, apply_on="instantiate")
+        parser.link_arguments("data", "model.mirror", compute_fn=self.mirror_of, apply_on="instantiate")
+        parser.link_arguments("data", "model.class_counts", compute_fn=self.class_counts_of, apply_on="instantiate")
         for target, compute in NETWORK_LINKS.items():
             parser.link_arguments(
                 "data",
@@ -125,6 +126,22 @@ class FashionMNISTCLI(LightningCLI):
         if names is None and getattr(data, "missing", None):
             raise DataError(data.missing)
         return names
+
+    def class_counts_of(self, data) -> list[int] | None:
+        """The data's training images per class (for class-weighted losses), else the checkpoint's (predict of new
+        images without the training photos), else None."""
+        counts = getattr(data, "class_counts", None)
+        if counts is None and self.subcommand != "fit" and self.checkpoint is not None:
+            counts = self.checkpoint.get("hyper_parameters", {}).get("class_counts")
+        return list(counts) if counts is not None else None
+
+    def mirror_of(self, data) -> bool:
+        """fit: whether the data may be mirrored (its DataModule's ``hflip`` is not false); an evaluation keeps the
+        checkpoint's own test-time views, whatever another config's data.hflip says."""
+        saved = (self.checkpoint or {}).get("hyper_parameters", {}).get("mirror")
+        if self.subcommand != "fit" and saved is not None:
+            return saved
+        return getattr(data, "hflip", True) is not False
 
     # ------------------------------------------------------------------------------------------------
     # parsing: one-line errors; --ckpt_path resolved and its hyper-parameters checked before Lightning uses them
@@ -284,11 +301,6 @@ class FashionMNISTCLI(LightningCLI):
             images, metrics = confusion.test_images if confusion else None, results[0] if results else {}
             run = folders.run_dir(self.trainer)
             print(summary(run, metrics, best, images, self.trainer.logger, self.model.metric_names), flush=True)
-
-
-def may_mirror(data) -> bool:
-    """Whether the data's images may be mirrored: not when its DataModule's ``hflip`` is false."""
-    return getattr(data, "hflip", True) is not False
 
 
 def refuse_factory_functions(words: list[str]) -> None:

@@ -78,6 +78,10 @@ class InMemoryImages(L.LightningDataModule):
         """{"train" | "val" | "test": (images uint8 (N, C, H, W), labels int64 (N,))}; called once per process."""
         raise NotImplementedError
 
+    def sample_weights(self) -> torch.Tensor | None:
+        """(N,) per training image, for a sampler that draws them in proportion; None: a plain shuffle."""
+        return None
+
     def setup(self, stage: str | None = None) -> None:
         if stage == "predict" and self.predict_dir is not None:
             return self._setup_predict_folder(Path(self.predict_dir))  # new images: no split is needed
@@ -95,7 +99,8 @@ class InMemoryImages(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         trainer = self.trainer
         replicas, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
-        self.train_sampler = EpochShuffle(len(self.train_set), self.seed, self.batch_size, replicas, rank)
+        weights = self.sample_weights()
+        self.train_sampler = EpochShuffle(len(self.train_set), self.seed, self.batch_size, replicas, rank, weights)
         if self._sampler_state is not None:
             self.train_sampler.load_state_dict(self._sampler_state)
             self._sampler_state = None

@@ -45,7 +45,8 @@ def explain(error: BaseException, words: list[str], valid: set[str]) -> str:
         return f"{problem}; `fashion-mnist fit --help` lists the keys and their types"
     valid = valid | chosen_class_keys(message)
     if unknown is not None and unknown.lastindex and (section := re.search(r'Parser key "([^"]+)"', message)):
-        key = f"{section.group(1)}.{unknown.group(1)}"  # an argument the chosen class does not have
+        key = f"{section.group(1)}.{unknown.group(1)}"  # an argument the chosen class does not have, as typed
+        key = next((k for k in user_keys(words) if k.replace(".init_args.", ".") == key), key)
         close = difflib.get_close_matches(key, sorted(valid), n=1, cutoff=0.6)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         return f"--{key} is not an argument of the chosen class{hint}; `fashion-mnist fit --help` lists the keys"
@@ -104,7 +105,8 @@ def chosen_class_keys(message: str) -> set[str]:
         parameters = inspect.signature(getattr(importlib.import_module(module), name)).parameters
     except (ImportError, AttributeError, TypeError, ValueError):
         return set()
-    return {f"{section}.{p}" for p in parameters if p not in ("self", "args", "kwargs")}
+    names = [p for p in parameters if p not in ("self", "args", "kwargs")]
+    return {f"{section}.{p}" for p in names} | {f"{section}.init_args.{p}" for p in names}
 
 
 def user_keys(words: list[str]) -> list[str]:

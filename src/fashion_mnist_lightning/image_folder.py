@@ -45,6 +45,8 @@ class ImageFolderDataModule(InMemoryImages):
         hflip: bool | Literal["alternate"] = False,  # training only: mirror left-right with probability 0.5;
         # "alternate": every image mirrored every other epoch
         predict_dir: str | None = None,  # predict: a folder of image files; None = the test split
+        balanced_sampling: bool = False,  # each epoch draws its training images with replacement, every class
+        # equally often (for imbalanced photos; or model.class_weights: balanced, which weighs the loss instead)
     ):
         super().__init__(batch_size, eval_batch_size, seed, data_on_device, crop_padding, hflip, predict_dir)
         if channels not in (1, 3):
@@ -59,7 +61,9 @@ class ImageFolderDataModule(InMemoryImages):
             raise ValueError("--data.val_fraction + --data.test_fraction must leave training images (sum < 1)")
         self.save_hyperparameters()
         self.image_shape = (channels, *image_size)
+        self.balanced_sampling = balanced_sampling
         self.class_names, self.mean, self.std, self.splits, self.missing = None, None, None, None, None
+        self.class_counts: list[int] | None = None  # training images per class
         if not Path(root).exists():
             self.missing = (
                 f"--data.root {root} does not exist: fit, validate, test and report evaluate its photos; pass the "
@@ -69,9 +73,17 @@ class ImageFolderDataModule(InMemoryImages):
         arrays = load_folder(root, cache_dir, channels, image_size)  # decoded once, then cached
         self.splits = split(arrays, val_fraction, test_fraction, seed)  # the only copy of the images kept
         self.class_names = list(arrays["class_names"])
+        labels = self.splits["train"][1]
+        self.class_counts = torch.bincount(labels, minlength=len(self.class_names)).tolist()
         train = self.splits["train"][0].float().div(255)  # (N, C, H, W)
         self.mean = tuple(train.mean(dim=(0, 2, 3)).tolist())
         self.std = tuple(train.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist())
+
+    def sample_weights(self) -> torch.Tensor | None:
+        if not self.balanced_sampling:
+            return None
+        counts = torch.tensor(self.class_counts, dtype=torch.float64)
+        return (1 / counts.clamp_min(1))[self.train_set.labels.cpu()]  # (N,): each class's draws sum to 1
 
     def load_splits(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         if self.splits is None:

@@ -108,6 +108,19 @@ def check_classes(network: nn.Module, example: torch.Tensor, class_names: list[s
     return list(class_names)
 
 
+def loss_weights(kind: str, counts: list[int] | None, classes: int) -> torch.Tensor | None:
+    """(classes,) cross-entropy weights: None for "none"; for "balanced" N / (K x n_c), the mean weight per image 1."""
+    if kind == "none":
+        return None
+    if counts is None or len(counts) != classes or min(counts) < 1:
+        raise ValueError(
+            f"--model.class_weights {kind} needs the data's training images per class (class_counts, which "
+            f"ImageFolderDataModule publishes), one or more for each of the {classes} classes; got {counts}"
+        )
+    counts = torch.tensor(counts, dtype=torch.float32)
+    return counts.sum() / (len(counts) * counts)
+
+
 class FashionMNISTClassifier(L.LightningModule):
     """Trains any network that maps raw images (N, C, H, W) in [0, 1] to logits (N, number of classes).
 
@@ -148,6 +161,9 @@ class FashionMNISTClassifier(L.LightningModule):
         # path; best / last = the newest run's), its head new when the classes differ: a new run, a fresh optimizer
         backbone_lr_scale: float = 1.0,  # learning-rate multiplier for every parameter outside the network's head
         # (fine-tuning a pretrained backbone: 0.1; see finetune.FreezeBackbone)
+        class_weights: Literal["none", "balanced"] = "none",  # training loss: "balanced" weighs each class by
+        # N / (K x its count), so a class with a tenth of the images counts as much (inverse frequency)
+        class_counts: list[int] | None = None,  # training images per class, linked from the data (if it says)
     ):
         super().__init__()
         if not 0 <= label_smoothing < 1:
@@ -172,6 +188,7 @@ class FashionMNISTClassifier(L.LightningModule):
         self.channels_last = channels_last
         self.tta, self.mirror, self.norm_lr_scale = tta, mirror, norm_lr_scale
         self.init_weights, self.backbone_lr_scale = init_weights, backbone_lr_scale
+        self.register_buffer("loss_weights", loss_weights(class_weights, class_counts, len(self.class_names)), False)
 
         accuracy = dict(num_classes=len(self.class_names), average="micro")
         self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
@@ -212,7 +229,8 @@ class FashionMNISTClassifier(L.LightningModule):
         if images.dtype == torch.uint8:  # a DataModule that hands uint8 batches to the model
             images = images.float().div_(255)
         logits = self(images) if self.training else self.evaluate(images)
-        loss = F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
+        weight = self.loss_weights if self.training else None  # evaluation reports the plain loss
+        loss = F.cross_entropy(logits, labels, weight=weight, label_smoothing=self.label_smoothing)
         return loss, logits, labels  # (), (N, classes), (N,)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:

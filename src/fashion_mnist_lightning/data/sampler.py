@@ -48,7 +48,8 @@ class EpochShuffle(DistributedSampler):
     takes the rank-th block of B = ``batch_size`` of it: together the processes see exactly the batches one
     process with batch B*R sees, each image once per epoch (the last, partial step is split evenly; a size
     not divisible by R is padded by repeating the first images). With R = 1 this is plain ``randperm``.
-    A DistributedSampler subclass, so Lightning uses it as is and calls ``set_epoch`` every epoch.
+    A DistributedSampler subclass, so Lightning uses it as is and calls ``set_epoch`` every epoch. With
+    ``weights`` the epoch is ``size`` draws with replacement instead (the same sharding, resume and length).
 
     ``state_dict()`` says how far into the epoch it has handed out indices; ``load_state_dict()`` makes the
     next iteration of that epoch start there. The DataLoader pulls indices batch by batch (no worker
@@ -57,9 +58,18 @@ class EpochShuffle(DistributedSampler):
     every rank's.
     """
 
-    def __init__(self, size: int, seed: int, batch_size: int = 1, replicas: int = 1, rank: int = 0):
+    def __init__(
+        self,
+        size: int,
+        seed: int,
+        batch_size: int = 1,
+        replicas: int = 1,
+        rank: int = 0,
+        weights: torch.Tensor | None = None,  # (size,): draw the epoch's ``size`` indices with replacement,
+        # each with probability proportional to its weight (class-balanced sampling), instead of a permutation
+    ):
         super().__init__(range(size), num_replicas=replicas, rank=rank, shuffle=True, seed=seed)
-        self.size, self.batch_size = size, batch_size
+        self.size, self.batch_size, self.weights = size, batch_size, weights
         self.done = 0  # indices handed out in the current epoch
         self._resume: tuple[int, int] | None = None  # (epoch, indices already done) from a checkpoint
 
@@ -68,7 +78,11 @@ class EpochShuffle(DistributedSampler):
 
     def indices(self) -> torch.Tensor:
         """All of this process's indices for the current epoch, in order. (len(self),) int64."""
-        order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed + self.epoch))
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        if self.weights is None:
+            order = torch.randperm(self.size, generator=generator)
+        else:
+            order = torch.multinomial(self.weights, self.size, replacement=True, generator=generator)
         replicas, step = self.num_replicas, self.batch_size * self.num_replicas
         order = torch.cat([order, order[: len(self) * replicas - self.size]])  # pad to a multiple of R
         full = len(order) // step * step
