@@ -228,6 +228,38 @@ def test_a_resumed_sampler_hands_out_exactly_the_rest_of_the_epoch(flat, tmp_pat
     assert all(torch.equal(a, b) for a, b in zip(seen + rest, straight)) and len(seen + rest) == len(straight)
 
 
+def write_imbalanced(root: Path) -> None:
+    """train/ 80 circles and 8 squares (10:1), val/ 10 + 10, test/ 30 + 30."""
+    for split, counts in (("train", (80, 8)), ("val", (10, 10)), ("test", (30, 30))):
+        for name, count in zip(CLASSES[:2], counts):
+            scratch = root / f".{split}-{name}"
+            write_photo_folder(scratch, classes=tuple(CLASSES[:2]), per_class=count, size=(32, 32), seed=len(split))
+            (root / split).mkdir(parents=True, exist_ok=True)
+            (scratch / name).rename(root / split / name)
+            shutil.rmtree(scratch)
+
+
+def test_on_a_10_to_1_folder_class_weights_or_balanced_sampling_raise_the_minoritys_recall(photos):
+    write_imbalanced(photos.path / "imbalanced")
+    recipe = f"{FOLDER} --data.root imbalanced --data.image_size 32 --data.batch_size 16 --test_after_fit true"
+    recipe += " --trainer.max_epochs=1"  # 6 steps: long enough to learn the majority, not the minority unaided
+    recall = {}
+    for name, extra in (
+        ("plain", ""),
+        ("weighted", "--model.class_weights balanced"),
+        ("sampled", "--data.balanced_sampling true"),
+    ):
+        photos.run(f"{recipe} {extra}")
+        matrix = [
+            [int(v) for v in row.split(",")]
+            for row in (photos.runs()[-1] / "confusion_matrix_test.csv").read_text().split()
+        ]
+        recall[name] = matrix[1][1] / sum(matrix[1])  # the squares found among the test set's 30
+    saved = hparams(photos.runs()[1] / "checkpoints/last.ckpt")
+    assert saved["class_counts"] == [80, 8] and saved["class_weights"] == "balanced"
+    assert recall["weighted"] > recall["plain"] + 0.2 and recall["sampled"] > recall["plain"] + 0.2, recall
+
+
 @pytest.mark.parametrize(
     "flag, expected",
     [

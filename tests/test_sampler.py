@@ -55,3 +55,20 @@ def test_state_dict_is_the_position_and_a_loaded_one_resumes_there_in_that_epoch
     assert list(resumed) == full  # once only
     resumed.load_state_dict({"epoch": 1, "done": 30})
     assert list(resumed) == full  # another epoch: nothing skipped
+
+
+def test_balanced_draws_give_every_class_its_share_seeded_sharded_and_resumable():
+    labels = torch.tensor([0] * 900 + [1] * 100)  # 9:1
+    weights = (1 / torch.bincount(labels).double())[labels]
+    sampler = EpochShuffle(1000, seed=5, batch_size=50, weights=weights)
+    drawn = torch.tensor(list(sampler))
+    assert len(drawn) == 1000 and 400 < int((labels[drawn] == 1).sum()) < 600  # the minority about half the time
+    assert torch.equal(torch.tensor(list(EpochShuffle(1000, seed=5, batch_size=50, weights=weights))), drawn)
+    single = batches(EpochShuffle(1000, seed=5, batch_size=100, weights=weights), 100)
+    ranks = [
+        batches(EpochShuffle(1000, seed=5, batch_size=50, replicas=2, rank=r, weights=weights), 50) for r in (0, 1)
+    ]
+    assert all(sorted(a + b) == sorted(whole) for a, b, whole in zip(*ranks, single))
+    resumed = EpochShuffle(1000, seed=5, batch_size=50, weights=weights)
+    resumed.load_state_dict({"epoch": 0, "done": 300})
+    assert list(resumed) == drawn[300:].tolist()
