@@ -18,15 +18,31 @@ PRESETS = sorted(p.stem for p in (ROOT / "configs" / "debug").glob("*.yaml"))
 # so that three workers run them side by side; each file parametrizes its own group
 GROUPS = {
     "test_configs.py": ["default", "fast", "folder", "seed"],
-    "test_configs_strong.py": ["gpu", "strong"],
+    "test_configs_strong.py": ["finetune", "gpu", "strong"],
     "test_configs_ddp.py": ["ddp_cpu", "gpu_ddp"],
 }
 # training batches per epoch: the signal goes at the first progress-bar update (base.yaml: every 50 steps, and at an
 # epoch's end) and must land before the run's end; strong.yaml's 26 end its first epoch at its first update, leaving
 # the second epoch (26 steps of ~0.25-1.3 s by CPU) for the signal to arrive
-EPOCHS = {"strong": 26}
+EPOCHS = {"strong": 26, "finetune": 8}  # finetune: a ResNet-18 at 128 px, 8 steps an epoch on 240 photos
 # fewer processes than gpu_ddp.yaml's 4 GPUs (a size limit, like the batches): the DDP path is the same with 2
 DEVICES = {"gpu_ddp": 2}
+
+
+PHOTOS = {"folder": 400, "finetune": 100}  # photos per class (3 classes) for the recipes that train on photos
+
+
+def offline_hub(home, name: str) -> dict[str, str]:
+    """A Hugging Face cache in ``home`` with timm's ``name`` weights (random ones: their values are not the point),
+    and the environment that makes the hub offline: the recipe's weights: hub, run as on a machine without a
+    network that ran it once online."""
+    import timm
+
+    from test_backbones import hub_cache
+
+    model = timm.create_model(name, pretrained=False)
+    hub_cache(home, model.pretrained_cfg["hf_hub_id"], {k: v.contiguous() for k, v in model.state_dict().items()})
+    return {"HF_HOME": str(home), "HF_HUB_OFFLINE": "1"}
 
 
 def per_config(name: str) -> str:
@@ -46,7 +62,7 @@ EVAL_LIMITS = "--trainer.limit_val_batches=2 --trainer.limit_test_batches=2 --tr
 
 
 def test_the_recipe_list_is_what_the_readme_promises():
-    assert RECIPES == ["ddp_cpu", "default", "fast", "folder", "gpu", "gpu_ddp", "seed", "strong"]
+    assert RECIPES == ["ddp_cpu", "default", "fast", "finetune", "folder", "gpu", "gpu_ddp", "seed", "strong"]
     assert PRESETS == ["anomaly", "early_stopping", "limit", "overfit", "profiler"]
 
 
@@ -79,10 +95,12 @@ def through_every_command(workspace, name: str) -> None:
     env = {"OMP_NUM_THREADS": "1"} if "ddp" in name else None
     config = f"--config configs/{name}.yaml"
     cpu = ""
-    if name == "folder":  # the user's photos where folder.yaml looks for them, the caches in the clone's own data/
-        write_photo_folder(workspace.path / "photos", per_class=400, size=(40, 48), fmt="mixed")
+    if name in PHOTOS:  # the user's photos where the recipe looks for them, the caches in the clone's own data/
+        write_photo_folder(workspace.path / "photos", per_class=PHOTOS[name], size=(40, 48), fmt="mixed")
         (workspace.path / "data").unlink()
         (workspace.path / "data").mkdir()
+    if name == "finetune":  # its hub weights, as an earlier online run leaves them in the Hugging Face cache
+        env = offline_hub(workspace.path / "hf", "resnet18.a1_in1k")
     if name in GPU_ONLY:
         result = workspace.run(f"fashion-mnist fit {config}", expect=2, env=env)
         assert "--trainer.accelerator cpu" in result.error and not (workspace.path / "lightning_logs").exists()
@@ -98,7 +116,8 @@ def through_every_command(workspace, name: str) -> None:
     recipe = yaml.safe_load((ROOT / "configs" / f"{name}.yaml").read_text())
     processes = DEVICES.get(name) or recipe.get("trainer", {}).get("devices", 1)
     data = yaml.safe_load((run / "config.yaml").read_text())["data"]["init_args"]
-    training_images = 1200 - 240 if name == "folder" else 60_000 - data["val_size"]  # folder: 10 % val, 10 % test
+    photos = 3 * PHOTOS.get(name, 0)
+    training_images = photos - 2 * round(0.1 * photos) if photos else 60_000 - data["val_size"]  # 10 % val, 10 % test
     per_process = -(-training_images // processes)  # each process's share of the training images
     total = 2 * min(EPOCHS.get(name, 120), -(-per_process // data["batch_size"]))
     assert 0 < steps < total, (steps, total)

@@ -146,7 +146,7 @@ def test_a_decompression_bomb_is_a_skipped_row_not_a_crash(tmp_path, monkeypatch
 def test_an_unchanged_folder_is_loaded_from_the_cache_without_decoding(tmp_path, capsys, monkeypatch):
     root = write_photo_folder(tmp_path / "photos", per_class=4)
     first = load_folder(root, tmp_path / "cache", 3, (24, 24))
-    (cache,) = (tmp_path / "cache").glob("*.pt")
+    (cache,) = (tmp_path / "cache").glob("*.u8")
     assert capsys.readouterr().err == f"decoding 12 images from {root} into {cache}\n"
     decoded = []
     monkeypatch.setattr(folder, "convert_image", lambda *args: decoded.append(args))
@@ -182,7 +182,7 @@ def test_a_changed_folder_is_decoded_again_not_served_stale(tmp_path, capsys, ch
         os.utime(file, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))  # clocks are coarse: a clear step
     after = load_folder(root, tmp_path / "cache", 3, (24, 24))
     expected = {"add": 13, "remove": 11}.get(change, 12)
-    (cache,) = (tmp_path / "cache").glob("*.pt")
+    (cache,) = (tmp_path / "cache").glob("*.u8")
     assert (
         capsys.readouterr().err
         == f"{root} changed since it was cached: decoding {expected} images from {root} into {cache}\n"

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from conftest import SMALL, Workspace, precision_fix, weights
+from fashion_mnist_lightning.data.sampler import ImageBatches
 from fashion_mnist_lightning.image_folder import ImageFolderDataModule
 from helpers.photos import write_photo_folder
 from helpers.serving import bench, csv_probabilities, multipart, predict, request
@@ -193,7 +194,8 @@ def flat(tmp_path) -> Path:
 def test_the_split_is_seeded_and_covers_every_image_once(flat, tmp_path):
     def splits(seed: int) -> dict:
         dm = ImageFolderDataModule(str(flat), image_size=(16, 16), cache_dir=str(tmp_path / "cache"), seed=seed)
-        return {name: images for name, (images, _) in dm.load_splits().items()}
+        sets = {name: ImageBatches(*split) for name, split in dm.load_splits().items()}
+        return {name: images.first(len(images)) for name, images in sets.items()}  # each split's own images
 
     a, b, c = splits(0), splits(0), splits(1)
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -206,7 +208,7 @@ def test_the_split_is_seeded_and_covers_every_image_once(flat, tmp_path):
 def test_own_val_and_test_folders_are_used_as_given(tmp_path):
     root = write_photo_folder(tmp_path / "photos", per_class=10, size=(20, 20), layout="split")
     dm = ImageFolderDataModule(str(root), image_size=(20, 20), channels=1, cache_dir=str(tmp_path / "cache"))
-    sizes = {name: len(labels) for name, (_, labels) in dm.load_splits().items()}
+    sizes = {name: len(split[1]) for name, split in dm.load_splits().items()}
     files = {name: sum(1 for _ in (root / name).rglob("*.*")) for name in ("train", "val", "test")}
     assert sizes == files
     assert dm.image_shape == (1, 20, 20) and len(dm.mean) == 1

@@ -74,8 +74,9 @@ class InMemoryImages(L.LightningDataModule):
         self.train_sampler: EpochShuffle | None = None
         self._sampler_state: dict | None = None  # from a checkpoint, for the next train_dataloader()
 
-    def load_splits(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """{"train" | "val" | "test": (images uint8 (N, C, H, W), labels int64 (N,))}; called once per process."""
+    def load_splits(self) -> dict[str, tuple]:
+        """{"train" | "val" | "test": (images uint8 (N, C, H, W), labels int64 (N,))}, or (images, labels, index)
+        where a split is the rows ``index`` of a larger (memory-mapped) images tensor; called once per process."""
         raise NotImplementedError
 
     def sample_weights(self) -> torch.Tensor | None:
@@ -88,8 +89,9 @@ class InMemoryImages(L.LightningDataModule):
         if hasattr(self, "test_set"):
             return
         splits = self.load_splits()
-        if self.hflip == "alternate":  # epoch 0's orientation of each image; odd epochs mirror it
-            splits = {**splits, "train": (mirror_half(splits["train"][0], self.seed), splits["train"][1])}
+        if self.hflip == "alternate":  # epoch 0's orientation of each image (a copy in memory); odd epochs mirror it
+            train = ImageBatches(*splits["train"])
+            splits = {**splits, "train": (mirror_half(train.first(len(train)), self.seed), train.labels)}
         self.train_set, self.val_set, self.test_set = (ImageBatches(*splits[name]) for name in ("train", "val", "test"))
         if self.data_on_device and self.trainer is not None:
             device = self.trainer.strategy.root_device

@@ -73,11 +73,9 @@ class ImageFolderDataModule(InMemoryImages):
         arrays = load_folder(root, cache_dir, channels, image_size)  # decoded once, then cached
         self.splits = split(arrays, val_fraction, test_fraction, seed)  # the only copy of the images kept
         self.class_names = list(arrays["class_names"])
-        labels = self.splits["train"][1]
+        images, labels, index = self.splits["train"]
         self.class_counts = torch.bincount(labels, minlength=len(self.class_names)).tolist()
-        train = self.splits["train"][0].float().div(255)  # (N, C, H, W)
-        self.mean = tuple(train.mean(dim=(0, 2, 3)).tolist())
-        self.std = tuple(train.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist())
+        self.mean, self.std = statistics(images, index)
 
     def sample_weights(self) -> torch.Tensor | None:
         if not self.balanced_sampling:
@@ -91,13 +89,13 @@ class ImageFolderDataModule(InMemoryImages):
         return self.splits
 
 
-def split(
-    arrays: dict, val_fraction: float, test_fraction: float, seed: int
-) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """The user's own val/ and test/ where given; what is missing is split off the training images (seeded)."""
+def split(arrays: dict, val_fraction: float, test_fraction: float, seed: int) -> dict[str, tuple]:
+    """{"train" | "val" | "test": (images, labels, index)}: the user's own val/ and test/ where given (index None:
+    all of them); what is missing is split off the training images (seeded), as indices into them, so the
+    memory-mapped images are never copied."""
     images, labels = arrays["train_images"], arrays["train_labels"]
     splits = {
-        name: (arrays[f"{name}_images"], arrays[f"{name}_labels"])
+        name: (arrays[f"{name}_images"], arrays[f"{name}_labels"], None)
         for name in ("val", "test")
         if f"{name}_images" in arrays
     }
@@ -107,9 +105,25 @@ def split(
     start = 0
     for name, size in sizes.items():
         index = order[start : start + size]
-        splits[name] = (images[index], labels[index])
+        splits[name] = (images, labels[index], index)
         start += size
     rest = torch.ones(len(labels), dtype=torch.bool)
     rest[order] = False
-    splits["train"] = (images[rest], labels[rest])
+    train = rest.nonzero().squeeze(1)  # (n,) the images left for training, in file order
+    splits["train"] = (images, labels[train], train)
     return splits
+
+
+def statistics(images: torch.Tensor, index: torch.Tensor, chunk: int = 512) -> tuple[tuple, tuple]:
+    """Per-channel mean and std on the [0, 1] scale of images[index] (N, C, H, W) uint8, a chunk at a time (a
+    memory-mapped set is never held in memory as floats)."""
+    total = torch.zeros(images.shape[1], dtype=torch.float64)
+    squares, count = total.clone(), 0
+    for part in index.split(chunk):
+        x = images[part].double().div_(255)  # (chunk, C, H, W)
+        total += x.sum(dim=(0, 2, 3))
+        squares += x.square().sum(dim=(0, 2, 3))
+        count += x.numel() // x.shape[1]
+    mean = total / count
+    std = ((squares - count * mean.square()) / max(count - 1, 1)).clamp_min(0).sqrt().clamp_min(1e-3)
+    return tuple(mean.tolist()), tuple(std.tolist())

@@ -34,8 +34,8 @@ def first_training_images(trainer: L.Trainer, count: int) -> torch.Tensor:
     """Up to ``count`` training images, float in [0, 1] (N, C, H, W): from the template's in-memory set, or from
     the batches of any other DataModule's train_dataloader."""
     datamodule = trainer.datamodule
-    if hasattr(datamodule, "train_set") and hasattr(datamodule.train_set, "images"):
-        images = datamodule.train_set.images[:count]  # (N, C, H, W) uint8
+    if hasattr(datamodule, "train_set") and hasattr(datamodule.train_set, "first"):
+        images = datamodule.train_set.first(count)  # (N, C, H, W) uint8
     else:
         batches, images = iter(datamodule.train_dataloader()), []
         while sum(map(len, images)) < count and (batch := next(batches, None)) is not None:

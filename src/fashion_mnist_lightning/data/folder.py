@@ -7,9 +7,13 @@ Class names are the sorted names of the train pool's class folders (as torchvisi
 index into them. Names starting with "." are ignored everywhere, and so are folders inside a class folder. A file
 Pillow cannot read is a skipped row (on stderr and in a CSV beside the cache), never the end of the run.
 
-The cache ``cache_dir/folder-<hash of root>-CxHxW.pt`` carries a fingerprint of every file's path, size and
-mtime. Scanning only stats, so a run over an unchanged folder decodes nothing; a run over a changed one decodes
-it all again rather than train on a stale copy.
+The cache is two files in ``cache_dir``: ``folder-<hash of root>-CxHxW.u8``, every readable image of every split
+back to back as raw uint8 (N, C, H, W), and ``folder-...-CxHxW.pt``, the labels, class names, skipped files and a
+fingerprint of every file's path, size and mtime. Images are decoded straight into the memory-mapped .u8 file and
+read back memory-mapped: a cache larger than the free memory trains, the process holds only the pages a batch
+touches (the kernel's page cache, shared by DDP's processes), and no copy of the images is made. Scanning only
+stats, so a run over an unchanged folder decodes nothing; a run over a changed one decodes it all again rather
+than train on a stale copy.
 """
 
 import csv
@@ -28,9 +32,10 @@ from PIL import Image
 
 from fashion_mnist_lightning.data.files import DataError, read_cache
 from fashion_mnist_lightning.data.images import check_shape, convert_image, not_a_file, why_unreadable
+from fashion_mnist_lightning.errors import first_line
 from fashion_mnist_lightning.runs.checkpoint_io import atomic_torch_save, atomic_write_text
 
-FOLDER_CACHE_FORMAT = 1  # bump when decoding or the cache's contents change: every fingerprint changes with it
+FOLDER_CACHE_FORMAT = 2  # bump when decoding or the cache's contents change: every fingerprint changes with it
 SPLITS = ("train", "val", "test")
 DECODE_THREADS = min(4, os.cpu_count() or 1)  # Pillow releases the GIL while it decodes and resizes
 FOLDER_HINT = "one subfolder per class: {root}/<class>/<image files>"
@@ -169,32 +174,66 @@ def decode_into(images: torch.Tensor, i: int, file: Path, size: tuple[int, int])
 
 
 def decode_split(
-    pool: ThreadPoolExecutor, rows: list[tuple[Path, int]], channels: int, size: tuple[int, int]
-) -> tuple[torch.Tensor, torch.Tensor, list[str | None]]:
-    """(images (N, C, H, W) uint8, labels (N,) int64) of the readable rows, and each row's error or None.
-    Each thread writes its own slot, so the order is the rows' whatever the threads' timing."""
-    images = torch.empty(len(rows), channels, *size, dtype=torch.uint8)  # (n, C, H, W); no PIL image is kept
+    pool: ThreadPoolExecutor, images: torch.Tensor, rows: list[tuple[Path, int]], size: tuple[int, int]
+) -> tuple[int, torch.Tensor, list[str | None]]:
+    """Decode ``rows`` into ``images`` (len(rows), C, H, W), the readable ones moved to its front in order; (how
+    many are readable, their labels (n,) int64, each row's error or None). Each thread writes its own slot, so the
+    order is the rows' whatever the threads' timing."""
     errors = list(pool.map(lambda i: decode_into(images, i, rows[i][0], size), range(len(rows))))
-    kept = torch.tensor([i for i, error in enumerate(errors) if error is None], dtype=torch.int64)
-    labels = torch.tensor([label for _, label in rows], dtype=torch.int64)[kept]
-    return (images if len(kept) == len(rows) else images[kept]), labels, errors
+    kept = [i for i, error in enumerate(errors) if error is None]
+    for slot, i in enumerate(kept):  # close the gaps of skipped files: slot <= i, so nothing is overwritten early
+        if slot != i:
+            images[slot] = images[i]
+    labels = torch.tensor([rows[i][1] for i in kept], dtype=torch.int64)
+    return len(kept), labels, errors
 
 
-def decode(layout: FolderLayout, channels: int, size: tuple[int, int]) -> tuple[dict, dict[str, str]]:
-    """({"<split>_images": (N, C, H, W) uint8, "<split>_labels": (N,) int64}, {relative path: why skipped})."""
-    arrays, skipped = {}, {}
+def decode(layout: FolderLayout, channels: int, size: tuple[int, int], images_file: Path) -> tuple[dict, dict]:
+    """Decode every split into ``images_file`` (raw uint8, the splits back to back, skipped files left out);
+    ({"<split>_labels": (n,) int64, "<split>_count": n}, {relative path: why skipped})."""
+    total = sum(len(rows) for rows in layout.splits.values())
+    pixels = channels * size[0] * size[1]
+    images_file.unlink(missing_ok=True)
+    mapped = torch.from_file(str(images_file), shared=True, size=max(total, 1) * pixels, dtype=torch.uint8)
+    images = mapped[: total * pixels].view(total, channels, *size)  # (N, C, H, W), written through to the file
+    arrays, skipped, start = {}, {}, 0
     with warnings.catch_warnings(), ThreadPoolExecutor(DECODE_THREADS) as pool:
         # Pillow only warns about an image between MAX_IMAGE_PIXELS and twice that; here it is a skipped row too.
         # The filter is process-wide, so it is set here, around the pool, not inside the threads.
         warnings.simplefilter("error", Image.DecompressionBombWarning)
+        read = 0
         for split, rows in layout.splits.items():
-            images, labels, errors = decode_split(pool, rows, channels, size)
-            arrays[f"{split}_images"], arrays[f"{split}_labels"] = images, labels
+            count, labels, errors = decode_split(pool, images[read : read + len(rows)], rows, size)
+            if read != start:  # files skipped in an earlier split: move this one down to close the gap
+                images[start : start + count] = images[read : read + count].clone()
+            arrays[f"{split}_labels"], arrays[f"{split}_count"] = labels, count
+            read, start = read + len(rows), start + count
             for (file, _), error in zip(rows, errors):
                 if error is not None:
                     skipped[file.relative_to(layout.root).as_posix()] = error
                     print(f"skipped {file}: {error}", file=sys.stderr)
+    del images, mapped  # unmapped: the file may shrink
+    os.truncate(images_file, start * pixels)
     return arrays, skipped
+
+
+def map_images(arrays: dict, images_file: Path, channels: int, size: tuple[int, int]) -> dict | None:
+    """``arrays`` with "<split>_images" (n, C, H, W) uint8: views into ``images_file``, memory-mapped read-only
+    (copy-on-write); None when the file is missing or not the size the labels say."""
+    splits = [key.removesuffix("_count") for key in arrays if key.endswith("_count")]
+    counts = [int(arrays[f"{split}_count"]) for split in splits]
+    pixels = channels * size[0] * size[1]
+    if not images_file.is_file() or images_file.stat().st_size != sum(counts) * pixels:
+        return None
+    if sum(counts) == 0:
+        return None
+    mapped = torch.from_file(str(images_file), shared=False, size=sum(counts) * pixels, dtype=torch.uint8)
+    images = mapped.view(sum(counts), channels, *size)
+    start, result = 0, dict(arrays)
+    for split, count in zip(splits, counts):
+        result[f"{split}_images"] = images[start : start + count]
+        start += count
+    return result
 
 
 def refuse_empty_classes(layout: FolderLayout, train_labels: torch.Tensor, csv_path: Path) -> None:
@@ -242,26 +281,37 @@ def write_or_explain(path: Path, write) -> None:
 
 
 def load_folder(root: str | Path, cache_dir: str | Path, channels: int, size: tuple[int, int]) -> dict:
-    """{"class_names", "<split>_images" (N, C, H, W) uint8, "<split>_labels" (N,) int64 for each split present,
-    "skipped" {relative path: why}, "fingerprint"}: from the cache when no file changed, else decoded and cached."""
+    """{"class_names", "<split>_images" (N, C, H, W) uint8 memory-mapped, "<split>_labels" (N,) int64 for each split
+    present, "skipped" {relative path: why}, "fingerprint"}: from the cache when no file changed, else decoded."""
     check_shape(channels, size)  # before any file: a bad shape is one error, not a skipped row per file
     size = tuple(size)
     layout = scan(root)
     key = fingerprint(layout, channels, size)
     path = cache_path(layout.root, cache_dir, channels, size)
+    images_file = path.with_suffix(".u8")
     cached = read_cache(path)
     if isinstance(cached, dict) and cached.get("fingerprint") == key:
-        report_left_out(cached["skipped"], layout.root, skipped_csv_path(path))
-        return cached
+        mapped = map_images(cached, images_file, channels, size)
+        if mapped is not None:
+            report_left_out(cached["skipped"], layout.root, skipped_csv_path(path))
+            return mapped
     changed = f"{layout.root} changed since it was cached: " if cached is not None else ""
     total = sum(len(rows) for rows in layout.splits.values())
-    print(f"{changed}decoding {total} images from {layout.root} into {path}", file=sys.stderr)
-    arrays, skipped = decode(layout, channels, size)
+    print(f"{changed}decoding {total} images from {layout.root} into {images_file}", file=sys.stderr)
+    # the folder, and no old labels left to describe the new images file
+    write_or_explain(path, lambda: (path.parent.mkdir(parents=True, exist_ok=True), path.unlink(missing_ok=True)))
+    try:
+        arrays, skipped = decode(layout, channels, size, images_file)
+    except (OSError, RuntimeError) as err:  # torch.from_file reports a full disk or a read-only folder so
+        raise DataError(
+            f"cannot write the image cache {images_file} ({first_line(err)}); free space or pass a writable folder "
+            "with --data.cache_dir"
+        ) from err
     write_skipped_csv(skipped_csv_path(path), skipped)
     refuse_empty_classes(layout, arrays["train_labels"], skipped_csv_path(path))
     result = {"class_names": layout.class_names, **arrays, "skipped": skipped, "fingerprint": key}
     write_or_explain(path, lambda: atomic_torch_save(result, path))
-    return result
+    return map_images(result, images_file, channels, size)
 
 
 def report_left_out(skipped: dict[str, str], root: Path, csv_path: Path) -> None:

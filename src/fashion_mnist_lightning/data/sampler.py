@@ -15,25 +15,36 @@ def split_indices(n_total: int, n_val: int, seed: int) -> tuple[torch.Tensor, to
 
 
 class ImageBatches(Dataset):
-    """uint8 images (N, C, H, W) and int64 labels (N,) that hand out whole batches by index."""
+    """uint8 images (N, C, H, W) and int64 labels (N,) that hand out whole batches by index.
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor):
-        self.images, self.labels = images, labels.long()
+    ``index`` (N,): the rows of ``images`` this set is made of (a split of a larger, memory-mapped tensor that is
+    never copied whole); None: all of ``images``, in order.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, index: torch.Tensor | None = None):
+        self.images, self.labels, self.index = images, labels.long(), index
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.images[i], self.labels[i]  # (C, H, W) uint8, () int64
+        return self.images[i if self.index is None else self.index[i]], self.labels[i]  # (C, H, W) uint8, ()
 
     def to(self, device: torch.device | str) -> "ImageBatches":
         """Move the whole data set to ``device`` once (uint8: 4x less memory and bandwidth than float)."""
+        if self.index is not None:  # only this set's rows
+            self.images, self.index = self.images[self.index], None
         self.images, self.labels = self.images.to(device), self.labels.to(device)
         return self
 
+    def first(self, count: int) -> torch.Tensor:
+        """The first ``count`` images of the set, (count, C, H, W) uint8."""
+        return self.images[:count] if self.index is None else self.images[self.index[:count]]
+
     def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         index = torch.as_tensor(indices, device=self.labels.device)
-        return self.images[index], self.labels[index]  # (B, C, H, W) uint8, (B,) int64
+        rows = index if self.index is None else self.index[index]
+        return self.images[rows], self.labels[index]  # (B, C, H, W) uint8, (B,) int64
 
 
 def keep_batch(batch):
