@@ -99,3 +99,32 @@ def test_with_the_alternating_flip_each_training_image_is_seen_both_ways_and_val
 def test_a_flip_setting_that_is_not_one_is_refused():
     with pytest.raises(ValueError, match="--data.hflip must be true, false or alternate"):
         FashionMNISTDataModule(hflip="sometimes")
+
+
+def test_a_resized_crop_of_the_whole_image_is_the_image_and_smaller_boxes_differ_per_image():
+    from fashion_mnist_lightning.data.augment import random_resized_crop
+
+    images = torch.rand(8, 3, 32, 32)
+    assert torch.equal(random_resized_crop(images, 1.0), images)  # off
+    torch.manual_seed(0)
+    whole = random_resized_crop(images, 0.9999, ratio=(1.0, 1.0))  # a box of (almost) all of it: the image
+    assert torch.allclose(whole, images, atol=1e-2)
+    torch.manual_seed(0)
+    cropped = random_resized_crop(images[:1].expand(8, -1, -1, -1), 0.2)
+    assert cropped.shape == (8, 3, 32, 32) and 0 <= cropped.min() and cropped.max() <= 1
+    assert len({round(v, 5) for v in cropped.mean(dim=(1, 2, 3)).tolist()}) == 8  # each its own box
+    torch.manual_seed(0)
+    assert torch.equal(random_resized_crop(images[:1].expand(8, -1, -1, -1), 0.2), cropped)  # seeded
+
+
+def test_colour_jitter_scales_each_image_and_stays_in_range():
+    from fashion_mnist_lightning.data.augment import colour_jitter
+
+    images = torch.rand(16, 3, 8, 8) * 0.5 + 0.25
+    assert torch.equal(colour_jitter(images, 0.0), images)
+    jittered = colour_jitter(images, 0.4)
+    assert jittered.shape == images.shape and 0 <= jittered.min() and jittered.max() <= 1
+    ratios = jittered.mean(dim=(1, 2, 3)) / images.mean(dim=(1, 2, 3))
+    assert ratios.std() > 0.05 and (ratios - 1).abs().max() <= 0.4 * 1.5  # per image, within the strength
+    grey = colour_jitter(torch.rand(4, 1, 8, 8), 0.3)  # one channel: no saturation, no error
+    assert grey.shape == (4, 1, 8, 8)

@@ -166,3 +166,20 @@ def test_a_torchvision_factory_as_the_network_names_the_supported_way(in_process
     )
     assert "is a function, not an nn.Module class" in result.error
     assert "backbones.Pretrained --model.network.init_args.name torchvision.models.resnet18" in result.error
+
+
+def test_a_checkpoint_of_other_classes_gives_a_new_head_even_when_their_count_is_the_same(trained):
+    from fashion_mnist_lightning.backbones import start_weights
+    from fashion_mnist_lightning.network import SeedCNN
+
+    last = trained / "checkpoints/last.ckpt"
+    source = weights(last)
+    for names, head_kept in ((list("abcdefghij"), False), (None, True)):
+        torch.manual_seed(0)
+        network = SeedCNN()  # 10 classes, as the checkpoint's
+        initial = network.out.weight.clone()
+        names = names or torch.load(last, weights_only=True)["hyper_parameters"]["class_names"]
+        done = start_weights(network, str(last), names)
+        assert torch.equal(network.fc1.weight, source["network.fc1.weight"])
+        assert torch.equal(network.out.weight, source["network.out.weight"] if head_kept else initial), done
+        assert ("new for this data's classes" in done) is not head_kept

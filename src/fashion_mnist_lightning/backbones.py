@@ -59,7 +59,7 @@ def fit_state_dict(network: nn.Module, state: dict[str, torch.Tensor], source: s
     own, classifier = network.state_dict(), head_of(network)
     head = {f"{name}.{key}" for name, m in network.named_modules() if m is classifier for key in m.state_dict()}
     unexpected = sorted(set(state) - set(own))
-    missing = sorted(set(own) - set(state))
+    missing = sorted(set(own) - set(state) - head)  # a head left out of the weights starts new
     if unexpected or missing:
         key = (unexpected or missing)[0]
         where = "is in the weights but not in the network" if unexpected else "is in the network but not the weights"
@@ -67,13 +67,13 @@ def fit_state_dict(network: nn.Module, state: dict[str, torch.Tensor], source: s
             f"{source} does not fit {type(network).__name__}: {key} {where} ({len(unexpected)} unexpected, "
             f"{len(missing)} missing tensors); pass weights saved from the same architecture"
         )
-    fitted, fresh = {}, []
+    fitted = {}
     for key, value in state.items():
         target = own[key]
         if value.shape == target.shape:
             fitted[key] = value
         elif key in head:
-            fresh.append(key)
+            continue  # another class count: the head starts new
         elif value.ndim == 4 and value.shape[0] == target.shape[0] and value.shape[2:] == target.shape[2:]:
             fitted[key] = adapt_channels(value, target.shape[1])  # the stem: (out, C, kh, kw)
         elif key.endswith(("normalize.mean", "normalize.std")) and value.numel() in (1, target.numel()):
@@ -84,19 +84,34 @@ def fit_state_dict(network: nn.Module, state: dict[str, torch.Tensor], source: s
                 f"weights, {tuple(target.shape)} in the network; pass weights saved from the same architecture"
             )
     network.load_state_dict({**own, **fitted})
-    return fresh
+    return [key for key in own if key in head and key not in fitted]
 
 
-def start_weights(network: nn.Module, init_weights: str | None) -> str | None:
-    """Where a new fit's network starts: the network weights of a checkpoint (``init_weights``, a path), else the
-    network's own pretrained weights (``load_pretrained()``), else its random init (None). One line saying which."""
+def start_weights(network: nn.Module, init_weights: str | None, class_names: list[str]) -> str | None:
+    """Where a new fit's network starts: the network weights of a checkpoint (``init_weights``, a path; its head
+    left new unless it was trained on exactly these ``class_names``), else the network's own pretrained weights
+    (``load_pretrained()``), else its random init (None). One line saying which."""
     if init_weights is not None:
-        fresh = fit_state_dict(network, read_weights(Path(init_weights)), init_weights)
+        state = read_weights(Path(init_weights))
+        if trained_classes(Path(init_weights)) not in (None, list(class_names)):  # other classes: a new head
+            classifier = head_of(network)
+            head = [f"{name}." for name, m in network.named_modules() if m is classifier]
+            state = {k: v for k, v in state.items() if not k.startswith(tuple(head))}
+        fresh = fit_state_dict(network, state, init_weights)
         head = f"; {', '.join(fresh)} new for this data's classes" if fresh else ""
         return f"{type(network).__name__}: weights from {init_weights}{head}"
     if hasattr(network, "load_pretrained"):
         return network.load_pretrained()
     return None
+
+
+def trained_classes(path: Path) -> list[str] | None:
+    """The class names a checkpoint of this template was trained on; None for a plain weights file."""
+    if path.suffix != ".ckpt":
+        return None
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    names = checkpoint.get("hyper_parameters", {}).get("class_names") if isinstance(checkpoint, dict) else None
+    return list(names) if names is not None else None
 
 
 def adapt_channels(weight: torch.Tensor, channels: int) -> torch.Tensor:

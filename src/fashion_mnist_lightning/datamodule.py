@@ -68,6 +68,7 @@ class InMemoryImages(L.LightningDataModule):
         self.batch_size, self.eval_batch_size, self.seed = batch_size, eval_batch_size, seed
         self.data_on_device = data_on_device
         self.crop_padding, self.hflip = crop_padding, hflip
+        self.resized_crop, self.colour_jitter = 1.0, 0.0  # photos' augmentation (ImageFolderDataModule): off
         self.predict_dir = predict_dir
         self.predict_names: list[str] = []  # one per predicted image, in order
         self.predict_skipped: dict[str, str] = {}  # file name -> why it could not be read
@@ -124,8 +125,9 @@ class InMemoryImages(L.LightningDataModule):
         if images.dtype == torch.uint8:
             images = images.float().div_(255)  # (B, C, H, W) float in [0, 1]; labels (B,) int64
         training = labels is not None and self.trainer is not None and self.trainer.training
-        if training and (self.crop_padding or self.hflip):
-            images = augment_batch(images, self.crop_padding, self.hflip, self.trainer.current_epoch)
+        if training and (self.crop_padding or self.hflip or self.resized_crop < 1 or self.colour_jitter):
+            epoch = self.trainer.current_epoch
+            images = augment_batch(images, self.crop_padding, self.hflip, epoch, self.resized_crop, self.colour_jitter)
         return images if labels is None else (images, labels)
 
     # ------------------------------------------------------------------------------------------------

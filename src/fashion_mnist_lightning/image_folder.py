@@ -45,6 +45,9 @@ class ImageFolderDataModule(InMemoryImages):
         hflip: bool | Literal["alternate"] = False,  # training only: mirror left-right with probability 0.5;
         # "alternate": every image mirrored every other epoch
         predict_dir: str | None = None,  # predict: a folder of image files; None = the test split
+        resized_crop: float = 1.0,  # training only: each image cut to a random box of this much to all of its
+        # area (aspect 3:4 to 4:3) and resized back (RandomResizedCrop's scale floor; photos: 0.35); 1 = off
+        colour_jitter: float = 0.0,  # training only: brightness, contrast, saturation each x a factor in [1-s, 1+s]
         balanced_sampling: bool = False,  # each epoch draws its training images with replacement, every class
         # equally often (for imbalanced photos; or model.class_weights: balanced, which weighs the loss instead)
     ):
@@ -57,11 +60,17 @@ class ImageFolderDataModule(InMemoryImages):
         for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
             if not 0 <= value < 1:
                 raise ValueError(f"--data.{name} must be in [0, 1), got {value}")
+        if not 0 < resized_crop <= 1 or not 0 <= colour_jitter < 1:
+            raise ValueError(
+                f"--data.resized_crop must be in (0, 1] and --data.colour_jitter in [0, 1), got {resized_crop} and "
+                f"{colour_jitter}"
+            )
         if val_fraction + test_fraction >= 1:
             raise ValueError("--data.val_fraction + --data.test_fraction must leave training images (sum < 1)")
         self.save_hyperparameters()
         self.image_shape = (channels, *image_size)
         self.balanced_sampling = balanced_sampling
+        self.resized_crop, self.colour_jitter = resized_crop, colour_jitter
         self.class_names, self.mean, self.std, self.splits, self.missing = None, None, None, None, None
         self.class_counts: list[int] | None = None  # training images per class
         if not Path(root).exists():
@@ -114,7 +123,7 @@ def split(arrays: dict, val_fraction: float, test_fraction: float, seed: int) ->
     return splits
 
 
-def statistics(images: torch.Tensor, index: torch.Tensor, chunk: int = 512) -> tuple[tuple, tuple]:
+def statistics(images: torch.Tensor, index: torch.Tensor, chunk: int = 64) -> tuple[tuple, tuple]:
     """Per-channel mean and std on the [0, 1] scale of images[index] (N, C, H, W) uint8, a chunk at a time (a
     memory-mapped set is never held in memory as floats)."""
     total = torch.zeros(images.shape[1], dtype=torch.float64)

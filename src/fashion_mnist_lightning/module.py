@@ -277,7 +277,7 @@ class FashionMNISTClassifier(L.LightningModule):
     def on_fit_start(self) -> None:
         if self.trainer.ckpt_path is None:  # a new run: from pretrained weights, if any (a resume continues its
             # checkpoint; predict, export and serve read everything from the checkpoint, never the weights' source)
-            done = start_weights(self.network, self.init_weights)
+            done = start_weights(self.network, self.init_weights, self.class_names)
             if done and self.trainer.is_global_zero:
                 print(done, flush=True)
 

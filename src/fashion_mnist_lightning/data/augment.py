@@ -1,4 +1,5 @@
-"""Augmentation on whole batches, on the training device: random crop with zero padding and horizontal flip.
+"""Augmentation on whole batches, on the training device: random crop with zero padding and horizontal flip; for
+photos also a random resized crop and a colour jitter, each image its own draw.
 
 The flip is random per image and step (``hflip=True``) or alternating (``hflip="alternate"``, airbench's
 derandomised flip): a seeded half of the training images is mirrored once (``mirror_half``) and every odd epoch
@@ -9,7 +10,10 @@ Randomness comes from torch's global generator on the batch's device, which Ligh
 (``seed_everything``) and the template's checkpoints carry (exact resume).
 """
 
+import math
+
 import torch
+import torch.nn.functional as F
 
 
 def random_crop(images: torch.Tensor, padding: int) -> torch.Tensor:
@@ -50,9 +54,53 @@ def mirror_half(images: torch.Tensor, seed: int) -> torch.Tensor:
     return torch.where(half[:, None, None, None], images.flip(-1), images)
 
 
-def augment_batch(images: torch.Tensor, crop_padding: int, hflip: bool | str, epoch: int = 0) -> torch.Tensor:
-    """Random crop, then the flip: random (``True``), alternating by epoch (``"alternate"``) or none."""
-    images = random_crop(images, crop_padding)
+def random_resized_crop(images: torch.Tensor, min_area: float, ratio: tuple[float, float] = (3 / 4, 4 / 3)):
+    """Each image cut to its own random box, ``min_area`` to all of its area, aspect ratio log-uniform in ``ratio``,
+    anywhere it fits, and resized back to (H, W) bilinearly: torchvision's RandomResizedCrop per image, as one
+    ``grid_sample`` over the batch. (B, C, H, W) -> (B, C, H, W)."""
+    if min_area >= 1:
+        return images
+    b, device = len(images), images.device
+    area = torch.empty(b, device=device).uniform_(min_area, 1.0)
+    aspect = torch.empty(b, device=device).uniform_(math.log(ratio[0]), math.log(ratio[1])).exp()
+    width, height = (area * aspect).sqrt().clamp(max=1), (area / aspect).sqrt().clamp(max=1)  # fractions of W, H
+    x = (torch.rand(b, device=device) * 2 - 1) * (1 - width)  # the box's centre, in [-1, 1] coordinates
+    y = (torch.rand(b, device=device) * 2 - 1) * (1 - height)
+    zero = torch.zeros_like(x)
+    theta = torch.stack([torch.stack([width, zero, x], 1), torch.stack([zero, height, y], 1)], 1)  # (B, 2, 3)
+    grid = F.affine_grid(theta.to(images.dtype), list(images.shape), align_corners=False)  # (B, H, W, 2)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def colour_jitter(images: torch.Tensor, strength: float) -> torch.Tensor:
+    """Brightness, contrast and (colour images) saturation each scaled by its own factor in [1 - s, 1 + s] per
+    image, the result clipped to [0, 1]. (B, C, H, W) float in [0, 1] -> the same."""
+    if strength <= 0:
+        return images
+    factors = 1 + (torch.rand(3, len(images), 1, 1, 1, device=images.device) * 2 - 1) * strength  # (3, B, 1, 1, 1)
+    images = images * factors[0]
+    mean = images.mean(dim=(1, 2, 3), keepdim=True)  # (B, 1, 1, 1)
+    images = (images - mean) * factors[1] + mean
+    if images.shape[1] == 3:
+        weights = torch.tensor([0.299, 0.587, 0.114], device=images.device, dtype=images.dtype)
+        grey = (images * weights[:, None, None]).sum(dim=1, keepdim=True)  # (B, 1, H, W) luma
+        images = (images - grey) * factors[2] + grey
+    return images.clamp(0, 1)
+
+
+def augment_batch(
+    images: torch.Tensor,
+    crop_padding: int,
+    hflip: bool | str,
+    epoch: int = 0,
+    resized_crop: float = 1.0,
+    jitter: float = 0.0,
+) -> torch.Tensor:
+    """Resized crop, shifting crop, then the flip: random (``True``), alternating by epoch (``"alternate"``) or
+    none; then the colour jitter."""
+    images = random_crop(random_resized_crop(images, resized_crop), crop_padding)
     if hflip == "alternate":
-        return images.flip(-1) if epoch % 2 else images
-    return random_hflip(images, 0.5 if hflip else 0.0)
+        images = images.flip(-1) if epoch % 2 else images
+    else:
+        images = random_hflip(images, 0.5 if hflip else 0.0)
+    return colour_jitter(images, jitter)
