@@ -94,7 +94,9 @@ def main() -> None:
         pretrained = fit(base, "--data.root pretrain --data.cache_dir cache --trainer.max_epochs 10")
         rows = {"scratch": [], "fine-tuned": []}
         for seed in args.seeds:
-            small = f"--data.root small --data.cache_dir cache --trainer.max_epochs {args.epochs} --seed_everything {seed}"
+            small = (
+                f"--data.root small --data.cache_dir cache --trainer.max_epochs {args.epochs} --seed_everything {seed}"
+            )
             rows["scratch"].append(fit(base, small)[:2])
             rows["fine-tuned"].append(fit(base, f"{small} {FINETUNE.format(weights=pretrained[2])}")[:2])
     summary = {

@@ -4,8 +4,9 @@ Writes a folder of 224x224 JPEGs whose uint8 cache is >= 2 GiB, decodes it once 
 fresh processes walks one whole training epoch the way `fashion-mnist fit` does (the DataModule's train loader,
 batches to float on the "device"), reading the process's memory from /proc/self/status: RssAnon (memory of its
 own) and RssFile (pages of mapped files: the kernel's page cache, which it may drop at any time). Where the cgroup v1
-memory controller is writable (root), the same epoch also runs under a memory limit below the cache's size, and
-beside it the same epoch over an in-memory copy of the images, which that limit kills.
+memory controller is writable (root), the same epoch also runs under a memory limit below the cache's size, the page
+cache dropped first (so the cache's pages are charged to the limited group as they are read), and beside it the same
+epoch over an in-memory copy of the images, which that limit kills.
 
     python benchmarks/folder_rss.py            # -> benchmarks/results/folder_rss.json
 """
@@ -94,6 +95,10 @@ def run_child(args: list[str], cgroup: Path | None) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def drop_page_cache() -> None:
+    Path("/proc/sys/vm/drop_caches").write_text("1")
+
+
 def limited_cgroup(limit_mib: int) -> Path | None:
     group = CGROUP / "fashion-mnist-bench"
     try:
@@ -126,7 +131,9 @@ def main() -> None:
         group = limited_cgroup(args.limit)
         if group is not None:
             results["cgroup_limit_mib"] = args.limit
+            drop_page_cache()  # else the pages read above stay charged to this process's own cgroup, not the limit's
             results["mapped_under_limit"] = run_child([str(root), str(cache), "mapped"], group)
+            drop_page_cache()
             results["in_memory_copy_under_limit"] = run_child([str(root), str(cache), "copy"], group)
             group.rmdir()
     args.output.write_text(json.dumps(results, indent=2) + "\n")

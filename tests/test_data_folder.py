@@ -4,6 +4,7 @@ import csv
 import os
 import shutil
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -321,3 +322,18 @@ def test_the_photo_folder_is_learnable_by_a_tiny_cnn(tmp_path):
     with torch.no_grad():
         accuracy = (net(data["test_images"].float() / 255).argmax(1) == data["test_labels"]).float().mean()
     assert accuracy >= 0.9, f"test accuracy {accuracy:.2f} after 40 steps ({time.perf_counter() - start:.1f} s)"
+
+
+def test_the_cache_is_read_memory_mapped_and_the_splits_are_views_of_one_mapping(tmp_path):
+    from fashion_mnist_lightning.image_folder import ImageFolderDataModule
+
+    root = write_photo_folder(tmp_path / "photos", per_class=10)
+    data = load_folder(root, tmp_path / "cache", 3, (24, 24))
+    (images_file,) = (tmp_path / "cache").glob("*.u8")
+    assert str(images_file) in Path("/proc/self/maps").read_text()  # mapped, not read into memory
+    assert images_file.stat().st_size == 30 * 3 * 24 * 24 == data["train_images"].untyped_storage().nbytes()
+    module = ImageFolderDataModule(str(root), image_size=24, cache_dir=str(tmp_path / "cache2"))
+    module.setup("fit")
+    train, val = module.train_set, module.val_set
+    assert train.images.data_ptr() == val.images.data_ptr() and train.index is not None  # no copy per split
+    assert len(train) + len(val) + len(module.test_set) == 30

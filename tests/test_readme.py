@@ -20,6 +20,7 @@ from PIL import Image
 from conftest import FASHION_MNIST, REAL_DATA_DIR, ROOT, Workspace, free_port, precision_fix
 from fashion_mnist_lightning.data.files import CACHE_NAME, load_cache
 from helpers.photos import write_photo_folder
+from test_configs import offline_hub
 from test_lock import assert_lock_matches
 
 README = ROOT / "README.md"
@@ -79,6 +80,8 @@ class Clone(Workspace):
         (path / "data").mkdir()  # the clone's own: caches of the user's photos land here
         (path / "data" / CACHE_NAME).symlink_to(REAL_DATA_DIR / CACHE_NAME)
         write_photo_folder(path / "photos", per_class=30, size=(40, 48), fmt="mixed")  # README "Make it yours"
+        self.hub = offline_hub(path / "hf", "resnet18.a1_in1k")  # finetune.yaml's weights, as a first online run
+        # leaves them in the Hugging Face cache; every command runs with this cache and the hub offline
         for name, text in readme_files().items():
             (path / name).write_text(text)
         stamp = ROOT / ".venv/.installed"
@@ -165,7 +168,7 @@ def run_command(clone: Clone, command: str) -> None:
         argv[0] = str(FASHION_MNIST.with_name("torchrun"))
     lock = clone.path / "requirements.lock"
     stamp = lock.stat().st_mtime
-    result = clone.run(argv, env={**env, **FRESH_MAKE}, timeout=900)
+    result = clone.run(argv, env={**env, **FRESH_MAKE, **clone.hub}, timeout=900)
     if words[:2] == ["make", "lock"]:
         assert_lock_matches(lock)  # a fresh lock from the index: still what pyproject.toml asks for
         os.utime(lock, (stamp, stamp))  # else make would see a newer lock and reinstall the shared venv
