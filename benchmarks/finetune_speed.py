@@ -4,7 +4,8 @@ bare loop of the same work (the same network, optimizer groups, loss, augmentati
 
 Each figure is the second (steady-state) training epoch of its run, as `make bench` times the template
 (benchmarks/timing.py's BenchTimer); the bare loop runs with the allocator setting the command makes
-(runs/memory.py), as issue #30 measures it. Random init (weights: null): the speed is the architecture's, not the weights'.
+(runs/memory.py), as issue #30 measures it. Random init (weights: null): the speed is the architecture's, not the
+weights'.
 
     python benchmarks/finetune_speed.py       # -> benchmarks/results/finetune_speed.json
 """
