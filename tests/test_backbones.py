@@ -2,6 +2,7 @@
 weights from a file the test writes or from a Hugging Face cache the test writes with the hub offline, and the
 weights that cannot be had or do not fit refused in one line, within seconds, with no run left behind."""
 
+import csv
 import os
 import time
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 import timm
 import torch
+import yaml
 from safetensors.torch import save_file
 
 from conftest import weights
@@ -183,3 +185,53 @@ def test_a_checkpoint_of_other_classes_gives_a_new_head_even_when_their_count_is
         assert torch.equal(network.fc1.weight, source["network.fc1.weight"])
         assert torch.equal(network.out.weight, source["network.out.weight"] if head_kept else initial), done
         assert ("new for this data's classes" in done) is not head_kept
+
+
+def test_a_pretrained_network_predicts_serves_and_sweeps_unchanged(workspace):
+    from PIL import Image
+
+    from helpers.serving import bench, csv_probabilities, multipart, predict, request
+
+    timm_weights(workspace.path / "backbone.safetensors")
+    workspace.run(
+        f"{PRETRAINED} --model.network.init_args.name {TINY} --model.network.init_args.weights backbone.safetensors"
+    )
+    run = workspace.runs()[0]
+    photos = workspace.path / "mine"
+    photos.mkdir()
+    for i in range(3):
+        Image.fromarray((torch.rand(28, 28) * 255).byte().numpy()).save(photos / f"p{i}.png")
+    (workspace.path / "backbone.safetensors").unlink()  # predict and serve need the checkpoint only
+    workspace.run(f"fashion-mnist predict --config {run}/config.yaml --ckpt_path best --data.predict_dir {photos}")
+    expected = csv_probabilities(run / "evaluations/predict_0/predictions.csv")
+    best = next((run / "checkpoints").glob("epoch*.ckpt"))
+    process, url = bench.start(str(best), [], workspace.path / "serve.log", cwd=workspace.path)
+    try:
+        assert request(url, "GET", "/info")[1]["model"]["input_shape"] == [1, 28, 28]
+        names = sorted(expected)
+        status, answer = predict(url, *multipart([("images", n, (photos / n).read_bytes()) for n in names]))
+    finally:
+        assert bench.stop(process) == 0
+    assert status == 200 and [a["file"] for a in answer["predictions"]] == names
+    for a in answer["predictions"]:
+        served = list(a["probabilities"].values())
+        assert max(abs(s - e) for s, e in zip(served, expected[a["file"]])) <= 1e-5
+
+    spec = {
+        "configs": ["configs/fast.yaml"],
+        "overrides": {
+            "model.network.class_path": "fashion_mnist_lightning.backbones.Pretrained",
+            "model.network.init_args.name": TINY,
+            "model.network.init_args.weights": None,
+            "trainer.limit_train_batches": 3,
+            "trainer.limit_val_batches": 1,
+        },
+        "space": {"model.optimizer.init_args.lr": {"type": "float", "low": 0.0005, "high": 0.005, "log": True}},
+        "n_trials": 2,
+        "sampler": {"type": "random", "seed": 0},
+        "pruner": {"type": "none"},
+    }
+    (workspace.path / "pretrained.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    workspace.run("fashion-mnist sweep --config pretrained.yaml", timeout=600)
+    with open(workspace.path / "lightning_logs/sweeps/pretrained/trials.csv", newline="") as f:
+        assert [row["state"] for row in csv.DictReader(f)] == ["COMPLETE", "COMPLETE"]
