@@ -214,9 +214,10 @@ class Pretrained(nn.Module):
         except Exception as err:  # noqa: BLE001 - no network, no cache, a refused download: one line
             reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
             raise WeightsError(
-                f"the pretrained weights of {self.name} cannot be had ({type(err).__name__}: {reason}); online, "
-                "run again to download them into the Hugging Face cache; offline, pass a local file with "
-                "--model.network.init_args.weights PATH (or weights: null for a random init)"
+                f"the pretrained weights of {self.name} cannot be had ({type(err).__name__}: {reason}): no hub "
+                "reached and no cached copy; with a network the first run downloads them into the Hugging Face "
+                "cache (HF_HOME); without one, pass a local file with --model.network.init_args.weights PATH (or "
+                "weights: null for a random init)"
             ) from None
 
 
