@@ -180,6 +180,10 @@ def test_predict_csv_has_a_row_per_test_image_in_order(workspace):
         ("--model.optimizer.init_args.lrr=0.01", "did you mean 'model.optimizer.init_args.lr'"),
         ("--trainer.max_epochs=ten", "--trainer.max_epochs: expected int, got ten"),
         ("--model.optimizer.init_args.lr=abc", "--model.optimizer.init_args.lr: expected float or Tensor, got abc"),
+        (
+            "--model.tta flipp",
+            "--model.tta: expected one of 'none', 'flip', 'flip_shift', got flipp",
+        ),  # not a key's typo
         ("--model.network=fashion_mnist_lightning.network.ResNet", "network.ResNet cannot be imported"),
         ("--data.batch_size 0", "--data.batch_size must be >= 1"),
         ("--data.val_size 60000", "--data.val_size must be between"),

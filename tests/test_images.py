@@ -140,3 +140,11 @@ def test_a_big_jpeg_decoded_at_reduced_scale_looks_like_the_full_decode(tmp_path
     full.load()  # decoded at full size: draft() no longer applies
     reference = convert_image(full, 3, (32, 40))
     assert drafted.shape == (3, 32, 40) and (drafted.int() - reference.int()).abs().max() <= 4
+
+
+@pytest.mark.parametrize("width, height, size", [(49, 65, (128, 128)), (65, 49, (128, 128)), (98, 114, (64, 64))])
+def test_a_photo_whose_crop_box_rounds_a_hair_outside_it_is_still_converted(width, height, size):
+    """(w - w') / 2 came out at -3.6e-15 for these, and Pillow refused the box: a readable photo was skipped."""
+    image = Image.new("RGB", (width, height), (200, 40, 40))
+    converted = convert_image(image, 3, size)
+    assert converted.shape == (3, *size) and int(converted[0].min()) == 200

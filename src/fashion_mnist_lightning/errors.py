@@ -87,6 +87,8 @@ def wrong_value(message: str, typed: list[str]) -> str | None:
         members = re.split(r",\s*(?![^\[]*\])", tail[start : end - 1])
         kinds = [re.sub(r"<class '(?:[\w.]+\.)?(\w+)'>", r"\1", m).strip() for m in members]
         expected = " or ".join(k for k in kinds if k != "NoneType")
+    elif found := re.search(r"Expected an? typing\.Literal\[([^\]]*)\]", tail):  # a choice: name them
+        expected = "one of " + found.group(1)
     elif found := re.search(r"Expected an? <class '(\w+)'>", tail):
         expected = found.group(1)
     else:

@@ -60,11 +60,10 @@ class ImageFolderDataModule(InMemoryImages):
         for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
             if not 0 <= value < 1:
                 raise ValueError(f"--data.{name} must be in [0, 1), got {value}")
-        if not 0 < resized_crop <= 1 or not 0 <= colour_jitter < 1:
-            raise ValueError(
-                f"--data.resized_crop must be in (0, 1] and --data.colour_jitter in [0, 1), got {resized_crop} and "
-                f"{colour_jitter}"
-            )
+        if not 0 < resized_crop <= 1:
+            raise ValueError(f"--data.resized_crop must be in (0, 1] (the smallest area fraction), got {resized_crop}")
+        if not 0 <= colour_jitter < 1:
+            raise ValueError(f"--data.colour_jitter must be in [0, 1), got {colour_jitter}")
         if val_fraction + test_fraction >= 1:
             raise ValueError("--data.val_fraction + --data.test_fraction must leave training images (sum < 1)")
         self.save_hyperparameters()

@@ -107,7 +107,9 @@ def cover_box(image_size: tuple[int, int], size: tuple[int, int]) -> tuple[float
     scale = max(width / w, height / h)
     crop_w, crop_h = width / scale, height / scale
     left, top = (w - crop_w) / 2, (h - crop_h) / 2
-    return (left, top, left + crop_w, top + crop_h)
+    # within the image: the division can land a hair outside it (49x65 to 128x128: left = -3.6e-15), and Pillow
+    # refuses a box that does ("box offset can't be negative"): a readable photo would be skipped
+    return (max(left, 0.0), max(top, 0.0), min(left + crop_w, float(w)), min(top + crop_h, float(h)))
 
 
 def model_input(image: Image.Image, shape: tuple[int, int, int], fashion_like: bool) -> torch.Tensor:
