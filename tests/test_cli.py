@@ -391,3 +391,19 @@ def test_a_command_reads_its_checkpoint_once(trained, monkeypatch, tmp_path):
     assert cli.main(argv) == 0
     assert reads.count(str(checkpoint)) == 1, reads
     assert (workspace.runs()[0] / "evaluations" / "validate_0").is_dir()
+
+
+def test_best_and_last_with_a_runs_own_config_are_that_runs_not_the_newest(workspace):
+    for _ in range(2):
+        workspace.run(f"{FAST} --trainer.limit_train_batches=5 --trainer.limit_val_batches=1")
+    first, second = workspace.runs()
+    result = workspace.run(
+        f"fashion-mnist predict --config {first.relative_to(workspace.path)}/config.yaml --ckpt_path best "
+        "--trainer.limit_predict_batches=1"
+    )
+    assert f"evaluating {first.relative_to(workspace.path)}/checkpoints/epoch" in result.output
+    assert (first / "evaluations/predict_0").is_dir() and not (second / "evaluations").exists()
+    plain = workspace.run(
+        "fashion-mnist test --config configs/fast.yaml --ckpt_path best --trainer.limit_test_batches=1"
+    )
+    assert f"evaluating {second.relative_to(workspace.path)}/" in plain.output  # a recipe: the newest run

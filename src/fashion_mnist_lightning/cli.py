@@ -147,6 +147,7 @@ class FashionMNISTCLI(LightningCLI):
     # parsing: one-line errors; --ckpt_path resolved and its hyper-parameters checked before Lightning uses them
 
     def parse_arguments(self, parser, args) -> None:
+        self.args_given = list(args)
         try:
             super().parse_arguments(parser, args)
         except ArgumentError as err:
@@ -203,9 +204,12 @@ class FashionMNISTCLI(LightningCLI):
             ) from None
         return checkpoint_io.run_of(config.ckpt_path) if subcommand == "fit" and ckpt == "last" else None
 
-    @staticmethod
-    def newest(config: Namespace, which: str) -> Path:
-        """The newest run's ``last`` or ``best`` checkpoint, among the runs of the configured logger."""
+    def newest(self, config: Namespace, which: str) -> Path:
+        """``last`` or ``best`` of the run whose ``config.yaml`` the command line gives (``--config
+        lightning_logs/version_3/config.yaml``), else of the newest run of the configured logger."""
+        named = run_of_config(self.args_given)
+        if named is not None:
+            return folders.newest_checkpoint(named.parent, which, [named])
         if loggers.mlflow_init_args(config) is not None:
             root, candidates = folders.mlflow_runs(*loggers.mlflow_store(config))
         else:
@@ -301,6 +305,18 @@ class FashionMNISTCLI(LightningCLI):
             images, metrics = confusion.test_images if confusion else None, results[0] if results else {}
             run = folders.run_dir(self.trainer)
             print(summary(run, metrics, best, images, self.trainer.logger, self.model.metric_names), flush=True)
+
+
+def run_of_config(words: list[str]) -> Path | None:
+    """The run folder whose ``config.yaml`` a ``--config`` names (the last such), or None."""
+    named = None
+    for i, word in enumerate(words):
+        key, _, value = word.partition("=")
+        if key == "--config" and (value or i + 1 < len(words)):
+            path = Path(value or words[i + 1])
+            if path.name == "config.yaml" and (path.parent / "checkpoints").is_dir():
+                named = path.parent
+    return named
 
 
 def refuse_factory_functions(words: list[str]) -> None:
