@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from fashion_mnist_lightning.errors import UserError
+from fashion_mnist_lightning.errors import UserError, first_line
 from fashion_mnist_lightning.network import TRAIN_MEAN, TRAIN_STD, Normalize
 
 TORCHVISION = "torchvision.models."
@@ -138,9 +138,8 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - pickled code, a truncated file: any of them is this one line
-        reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
         raise WeightsError(
-            f"cannot read weights file {path} ({reason}); pass a safetensors or torch state dict file"
+            f"cannot read weights file {path} ({first_line(err)[:160]}); pass a safetensors or torch state dict file"
         ) from None
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
@@ -177,7 +176,7 @@ class Pretrained(nn.Module):
         super().__init__()
         if not 0 <= drop_rate < 1:
             raise ValueError(f"--model.network.init_args.drop_rate must be in [0, 1), got {drop_rate}")
-        self.name, self.weights, self.in_channels = name, weights, in_channels
+        self.name, self.weights = name, weights
         if name.startswith(TORCHVISION):
             self.model, statistics = torchvision_model(name, num_classes, in_channels, weights is not None)
         else:
@@ -212,12 +211,11 @@ class Pretrained(nn.Module):
         except WeightsError:
             raise
         except Exception as err:  # noqa: BLE001 - no network, no cache, a refused download: one line
-            reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
             raise WeightsError(
-                f"the pretrained weights of {self.name} cannot be had ({type(err).__name__}: {reason}): no hub "
-                "reached and no cached copy; with a network the first run downloads them into the Hugging Face "
-                "cache (HF_HOME); without one, pass a local file with --model.network.init_args.weights PATH (or "
-                "weights: null for a random init)"
+                f"the pretrained weights of {self.name} cannot be had ({type(err).__name__}: "
+                f"{first_line(err)[:200]}): no hub reached and no cached copy; with a network the first run "
+                "downloads them into the Hugging Face cache (HF_HOME); without one, pass a local file with "
+                "--model.network.init_args.weights PATH (or weights: null for a random init)"
             ) from None
 
 

@@ -33,7 +33,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from fashion_mnist_lightning import configs, noise
 from fashion_mnist_lightning.callbacks import ConfusionMatrixLogger, PredictionCSV
 from fashion_mnist_lightning.data.files import DataError
-from fashion_mnist_lightning.errors import ConfigError, UserError, explain, fail, first_line
+from fashion_mnist_lightning.errors import ConfigError, UserError, config_path, explain, fail, first_line
 from fashion_mnist_lightning.module import FashionMNISTClassifier
 from fashion_mnist_lightning.runs import checkpoint_io, folders, loggers
 from fashion_mnist_lightning.runs.ddp import distributed_failure, leave_process_group
@@ -117,12 +117,16 @@ class FashionMNISTCLI(LightningCLI):
                 apply_on="instantiate",
             )
 
+    def saved(self, key: str):
+        """The model hyper-parameter ``key`` of the checkpoint this command evaluates or resumes, or None."""
+        return (self.checkpoint or {}).get("hyper_parameters", {}).get(key)
+
     def class_names_of(self, data) -> list[str] | None:
         """The data's class names; a data set that is not on this machine (an image folder moved away) has none,
         and predict then takes the checkpoint's: predicting new images needs the checkpoint only."""
         names = getattr(data, "class_names", None)
         if names is None and self.subcommand == "predict" and self.checkpoint is not None:
-            return self.checkpoint.get("hyper_parameters", {}).get("class_names")
+            return self.saved("class_names")
         if names is None and getattr(data, "missing", None):
             raise DataError(data.missing)
         return names
@@ -131,16 +135,15 @@ class FashionMNISTCLI(LightningCLI):
         """The data's training images per class (for class-weighted losses), else the checkpoint's (predict of new
         images without the training photos), else None."""
         counts = getattr(data, "class_counts", None)
-        if counts is None and self.subcommand != "fit" and self.checkpoint is not None:
-            counts = self.checkpoint.get("hyper_parameters", {}).get("class_counts")
+        if counts is None and self.subcommand != "fit":
+            counts = self.saved("class_counts")
         return list(counts) if counts is not None else None
 
     def mirror_of(self, data) -> bool:
         """fit: whether the data may be mirrored (its DataModule's ``hflip`` is not false); an evaluation keeps the
         checkpoint's own test-time views, whatever another config's data.hflip says."""
-        saved = (self.checkpoint or {}).get("hyper_parameters", {}).get("mirror")
-        if self.subcommand != "fit" and saved is not None:
-            return saved
+        if self.subcommand != "fit" and self.saved("mirror") is not None:
+            return self.saved("mirror")
         return getattr(data, "hflip", True) is not False
 
     # ------------------------------------------------------------------------------------------------
@@ -309,14 +312,9 @@ class FashionMNISTCLI(LightningCLI):
 
 def run_of_config(words: list[str]) -> Path | None:
     """The run folder whose ``config.yaml`` a ``--config`` names (the last such), or None."""
-    named = None
-    for i, word in enumerate(words):
-        key, _, value = word.partition("=")
-        if key == "--config" and (value or i + 1 < len(words)):
-            path = Path(value or words[i + 1])
-            if path.name == "config.yaml" and (path.parent / "checkpoints").is_dir():
-                named = path.parent
-    return named
+    files = [path for i in range(len(words)) if (path := config_path(words, i)) is not None]
+    runs = [path.parent for path in files if path.name == "config.yaml" and (path.parent / "checkpoints").is_dir()]
+    return runs[-1] if runs else None
 
 
 def refuse_factory_functions(words: list[str]) -> None:
@@ -343,11 +341,11 @@ def network_paths(words: list[str]) -> list[str]:
         key, _, value = word.partition("=")
         if key in ("--model.network", "--model.network.class_path"):
             paths.append(value or (words[i + 1] if i + 1 < len(words) else ""))
-        elif key == "--config":
+        elif (config := config_path(words, i)) is not None:
             try:
-                recipe = yaml.safe_load(Path(value or words[i + 1]).read_text()) or {}
+                recipe = yaml.safe_load(config.read_text()) or {}
                 network = (recipe.get("model") or {}).get("network")
-            except (OSError, IndexError, AttributeError, yaml.YAMLError):
+            except (OSError, AttributeError, yaml.YAMLError):
                 continue
             paths.append(network.get("class_path", "") if isinstance(network, dict) else str(network or ""))
     return [path for path in paths if "." in path]

@@ -40,17 +40,18 @@ def explain(error: BaseException, words: list[str], valid: set[str]) -> str:
     """jsonargparse's message on one line. A value of the wrong type says which key and what it takes; a key that
     is not there gets the closest valid key (among the chosen class's own arguments for a class_path's key)."""
     message = " ".join(str(error).split())
+    typed = user_keys(words)  # reads the --config files: once
     unknown = re.search(r"Option '([^']+)' is not accepted", message) or UNKNOWN.search(message)
-    if unknown is None and (problem := wrong_value(message, user_keys(words))):
+    if unknown is None and (problem := wrong_value(message, typed)):
         return f"{problem}; `fashion-mnist fit --help` lists the keys and their types"
     valid = valid | chosen_class_keys(message)
     if unknown is not None and unknown.lastindex and (section := re.search(r'Parser key "([^"]+)"', message)):
         key = f"{section.group(1)}.{unknown.group(1)}"  # an argument the chosen class does not have, as typed
-        key = next((k for k in user_keys(words) if k.replace(".init_args.", ".") == key), key)
+        key = next((k for k in typed if k.replace(".init_args.", ".") == key), key)
         close = difflib.get_close_matches(key, sorted(valid), n=1, cutoff=0.6)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         return f"--{key} is not an argument of the chosen class{hint}; `fashion-mnist fit --help` lists the keys"
-    named = [key for key in user_keys(words) if key not in valid and key.rsplit(".", 1)[-1] in message]
+    named = [key for key in typed if key not in valid and key.rsplit(".", 1)[-1] in message]
     close = difflib.get_close_matches(named[0], sorted(valid), n=1, cutoff=0.6) if named else []
     hint = f" (did you mean '{close[0]}'?)" if close else ""
     return f"{message[:400]}{hint}; `fashion-mnist fit --help` lists the valid keys and types"
@@ -111,14 +112,21 @@ def chosen_class_keys(message: str) -> set[str]:
     return {f"{section}.{p}" for p in names} | {f"{section}.init_args.{p}" for p in names}
 
 
+def config_path(words: list[str], i: int) -> Path | None:
+    """The file ``words[i]`` passes as a config (``--config=FILE``, or ``--config`` then ``FILE``), or None."""
+    if words[i].startswith("--config="):
+        return Path(words[i].removeprefix("--config="))
+    if words[i] == "--config" and i + 1 < len(words):
+        return Path(words[i + 1])
+    return None
+
+
 def user_keys(words: list[str]) -> list[str]:
     """The dotted keys a command line sets: its --flags and the keys in its --config files."""
     keys = []
     for i, word in enumerate(words):
-        if word.startswith("--config="):
-            keys += config_keys(Path(word.removeprefix("--config=")))
-        elif word == "--config" and i + 1 < len(words):
-            keys += config_keys(Path(words[i + 1]))
+        if (path := config_path(words, i)) is not None:
+            keys += config_keys(path)
         elif word.startswith("--"):
             keys.append(word[2:].split("=", 1)[0])
     return keys

@@ -79,7 +79,7 @@ class ImageFolderDataModule(InMemoryImages):
             )
             return
         arrays = load_folder(root, cache_dir, channels, image_size)  # decoded once, then cached
-        self.splits = split(arrays, val_fraction, test_fraction, seed)  # the only copy of the images kept
+        self.splits = split(arrays, val_fraction, test_fraction, seed)  # views and indices: no copy of the images
         self.class_names = list(arrays["class_names"])
         images, labels, index = self.splits["train"]
         self.class_counts = torch.bincount(labels, minlength=len(self.class_names)).tolist()
