@@ -8,41 +8,17 @@ import time
 from pathlib import Path
 
 import pytest
-import timm
 import torch
 import yaml
-from safetensors.torch import save_file
 
 from conftest import weights
 from fashion_mnist_lightning.backbones import Pretrained, WeightsError, fit_state_dict, read_weights
+from helpers.weights import TINY, hub_cache, timm_weights
 
-TINY = "test_resnet"  # timm's own test model: a ResNet of 0.37 M parameters, with hub weights (r160_in1k)
 PRETRAINED = (
     "fashion-mnist fit --config configs/default.yaml --model.network fashion_mnist_lightning.backbones.Pretrained "
     "--trainer.max_epochs=1 --trainer.limit_train_batches=3 --trainer.limit_val_batches=1"
 )
-
-
-def timm_weights(path: Path, name: str = TINY, seed: int = 1) -> dict[str, torch.Tensor]:
-    """A timm model's ImageNet-shaped state dict (3 channels, 1000 classes), written to ``path``."""
-    torch.manual_seed(seed)
-    state = {k: v.contiguous() for k, v in timm.create_model(name, num_classes=1000).state_dict().items()}
-    if path.suffix == ".safetensors":
-        save_file(state, str(path))
-    else:
-        torch.save(state, path)
-    return state
-
-
-def hub_cache(home: Path, repo: str, state: dict[str, torch.Tensor]) -> None:
-    """A Hugging Face cache in ``home`` (HF_HOME) holding ``repo``'s model.safetensors, as a download leaves it."""
-    folder = home / "hub" / f"models--{repo.replace('/', '--')}"
-    revision = "0" * 40
-    (folder / "refs").mkdir(parents=True)
-    (folder / "refs" / "main").write_text(revision)
-    (folder / "snapshots" / revision).mkdir(parents=True)
-    save_file(state, str(folder / "snapshots" / revision / "model.safetensors"))
-
 
 # ----------------------------------------------------------------------------------------------------
 # the network itself

@@ -10,6 +10,7 @@ import yaml
 
 from conftest import ROOT, finish, precision_fix, progress, wait_for
 from helpers.photos import write_photo_folder
+from helpers.weights import offline_hub
 
 RECIPES = sorted(p.stem for p in (ROOT / "configs").glob("*.yaml") if p.stem != "base")
 GPU_ONLY = {"gpu", "gpu_ddp"}
@@ -30,19 +31,6 @@ DEVICES = {"gpu_ddp": 2}
 
 
 PHOTOS = {"folder": 400, "finetune": 100}  # photos per class (3 classes) for the recipes that train on photos
-
-
-def offline_hub(home, name: str) -> dict[str, str]:
-    """A Hugging Face cache in ``home`` with timm's ``name`` weights (random ones: their values are not the point),
-    and the environment that makes the hub offline: the recipe's weights: hub, run as on a machine without a
-    network that ran it once online."""
-    import timm
-
-    from test_backbones import hub_cache
-
-    model = timm.create_model(name, pretrained=False)
-    hub_cache(home, model.pretrained_cfg["hf_hub_id"], {k: v.contiguous() for k, v in model.state_dict().items()})
-    return {"HF_HOME": str(home), "HF_HUB_OFFLINE": "1"}
 
 
 def per_config(name: str) -> str:

@@ -10,9 +10,9 @@ import pytest
 import torch
 import yaml
 
-from conftest import Workspace, same_weights, weights
+from conftest import ROOT, Workspace, same_weights, weights
 from helpers.photos import write_photo_folder
-from test_backbones import TINY, timm_weights
+from helpers.weights import TINY, timm_weights
 from test_resume import epoch_scalars
 
 # default.yaml (AdamW + OneCycleLR, flips, flip TTA) with a timm backbone from a weights file, the head alone for the
@@ -25,24 +25,10 @@ FINETUNE = (
 )
 STOP_AT = """trainer:
   callbacks+:
-    - class_path: stop_at.SignalAt
+    - class_path: faults.SignalAt  # tests/helpers/faults.py, copied beside the run: the command still forks
       init_args:
         step: {step}
 """
-SIGNAL_AT = '''import os, signal
-from lightning.pytorch.callbacks import Callback
-
-
-class SignalAt(Callback):
-    """SIGTERM to this process after optimizer step ``step``: a scheduler's preemption at a known batch."""
-
-    def __init__(self, step: int):
-        self.step = step
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if trainer.global_step == self.step:
-            os.kill(os.getpid(), signal.SIGTERM)
-'''
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +54,7 @@ def test_the_head_alone_then_the_whole_network_with_the_backbone_at_its_own_lear
 @pytest.mark.parametrize("step", [3, 6, 9], ids=["mid-freeze", "at-the-unfreeze", "after-it"])
 def test_a_sigterm_anywhere_in_the_schedule_resumes_bit_identically(straight, workspace, step):
     timm_weights(workspace.path / "backbone.safetensors")
-    (workspace.path / "stop_at.py").write_text(SIGNAL_AT)
+    shutil.copy(ROOT / "tests/helpers/faults.py", workspace.path)
     (workspace.path / "stop.yaml").write_text(STOP_AT.format(step=step))
     stopped = workspace.run(f"{FINETUNE} --config stop.yaml", expect=128 + 15)
     assert "SIGTERM received" in stopped.lines("stopped:")[0]

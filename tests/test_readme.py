@@ -20,7 +20,7 @@ from PIL import Image
 from conftest import FASHION_MNIST, REAL_DATA_DIR, ROOT, Workspace, free_port, precision_fix
 from fashion_mnist_lightning.data.files import CACHE_NAME, load_cache
 from helpers.photos import write_photo_folder
-from test_configs import offline_hub
+from helpers.weights import offline_hub
 from test_lock import assert_lock_matches
 
 README = ROOT / "README.md"

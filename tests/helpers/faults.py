@@ -1,6 +1,9 @@
-"""Fault injection for the multi-process tests, loaded by a training subprocess (tests/helpers on PYTHONPATH)
-through `--trainer.callbacks+=faults.HangOnRank`: it changes timing only, never the numbers."""
+"""Fault injection for the tests, loaded by a training subprocess through `--trainer.callbacks+=faults.HangOnRank`
+(tests/helpers on PYTHONPATH, or this file copied into the folder the command runs in): it changes timing only,
+never the numbers."""
 
+import os
+import signal
 import time
 
 from lightning.pytorch.callbacks import Callback
@@ -16,3 +19,14 @@ class HangOnRank(Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         if trainer.global_rank == self.rank and trainer.global_step == self.after:
             time.sleep(self.seconds)
+
+
+class SignalAt(Callback):
+    """SIGTERM to this process after optimizer step ``step``: a scheduler's preemption at a known batch."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGTERM)
