@@ -386,6 +386,15 @@ def same_weights(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def epoch_scalars(run: Path) -> dict[str, list[float]]:
+    """A run's per-epoch curves from its TensorBoard events: what a bit-identical resume must reproduce."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run), size_guidance={"scalars": 0})
+    events.Reload()
+    return {tag: [e.value for e in events.Scalars(tag)] for tag in ("train/acc", "train/loss_epoch", "val/acc")}
+
+
 # `make test` gives whole files to workers (pytest-xdist's loadfile) in collection order: the longest files go first,
 # so the last minutes are not one worker finishing a long file alone (seconds summed per file, 2026-12-02, after the
 # fork server's fast exit)

@@ -78,6 +78,22 @@ def test_resume_picks_version_10_over_version_9(workspace):
     assert torch.load(logs / "version_9/checkpoints/last.ckpt", weights_only=True)["epoch"] == 0
 
 
+def test_a_named_run_is_resumed_by_name_started_fresh_once_and_never_overwritten(workspace, in_process):
+    # the Slurm script's way (scripts/slurm/fit.sbatch): the run is named by the job, --ckpt_path last always
+    named = f"{FAST} {' '.join(SMALL)} --trainer.logger.init_args.version=4242 --ckpt_path last"
+    first = workspace.run(named)
+    assert "starting lightning_logs/version_4242: it has no checkpoint to resume yet" in first.output
+    workspace.run(f"{FAST} {' '.join(SMALL)}")  # a newer run (version_4243) that `last` alone would pick
+    again = workspace.run(named.replace("max_epochs=1", "max_epochs=2"))
+    assert "resuming lightning_logs/version_4242/checkpoints/last.ckpt" in again.output
+    saved = workspace.path / "lightning_logs/version_4242/checkpoints/last.ckpt"
+    assert torch.load(saved, weights_only=True)["epoch"] == 1
+    before = saved.read_bytes()
+    refused = in_process(f"{FAST} {' '.join(SMALL)} --trainer.logger.init_args.version=4242", expect=2)
+    assert "already holds a run's checkpoints" in refused.error and "--ckpt_path last" in refused.error
+    assert saved.read_bytes() == before
+
+
 def test_evaluations_go_to_their_own_folder_inside_the_run_and_touch_nothing_of_it(workspace):
     workspace.run(f"{FAST} {' '.join(SMALL)}")
     [run] = workspace.runs()

@@ -9,7 +9,18 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import ROOT, finish, precision_fix, progress, same_weights, wait_for, weights
+from conftest import (
+    FASHION_MNIST,
+    ROOT,
+    epoch_scalars,
+    finish,
+    free_port,
+    precision_fix,
+    progress,
+    same_weights,
+    wait_for,
+    weights,
+)
 
 DDP = "fashion-mnist fit --config configs/ddp_cpu.yaml"
 ENV = {"OMP_NUM_THREADS": "1"}  # the README's line: one intra-op thread per process on 2 cores
@@ -35,10 +46,8 @@ def test_the_readme_ddp_line_finishes_and_follows_the_one_process_run(workspace,
         f"{SHORT} {COMPARABLE}",
         env=ENV,
     )
-    a = weights(tmp_path / "ddp/version_0/checkpoints/last.ckpt")
-    b = weights(workspace.runs()[0] / "checkpoints/last.ckpt")
-    worst = max((a[k] - b[k]).abs().max().item() for k in a if k.startswith("network."))
-    assert worst <= 1e-4, f"DDP and 1-process weights differ by {worst:.2e}"
+    one = weights(workspace.runs()[0] / "checkpoints/last.ckpt")
+    assert worst_difference(weights(tmp_path / "ddp/version_0/checkpoints/last.ckpt"), one) <= 1e-4
 
     # the test accuracy rank 0 logged (synced over both shards) = an evaluation of the checkpoint on one process
     events = EventAccumulator(str(tmp_path / "ddp/version_0"), size_guidance={"scalars": 0})
@@ -53,6 +62,41 @@ def test_the_readme_ddp_line_finishes_and_follows_the_one_process_run(workspace,
     evaluated = EventAccumulator(str(next(best.parent.parent.glob("evaluations/test_*"))), size_guidance={"scalars": 0})
     evaluated.Reload()
     assert abs(logged - evaluated.Scalars("test/acc")[-1].value) < 1e-6
+
+
+def worst_difference(a: dict, b: dict) -> float:
+    """The largest difference between two checkpoints' network weights."""
+    return max((a[k] - b[k]).abs().max().item() for k in a if k.startswith("network."))
+
+
+def test_two_nodes_by_torchrun_on_loopback_follow_the_one_process_run(workspace, tmp_path):
+    # README "Several nodes": each node runs the same torchrun line with its own --node-rank; here 2 processes on
+    # this machine are the 2 nodes (1 process each), meeting at 127.0.0.1, against the same 1-process run as above
+    port = free_port()
+    nodes = [
+        workspace.start(
+            f"torchrun --nnodes 2 --nproc-per-node 1 --node-rank {rank} --master-addr 127.0.0.1 --master-port {port} "
+            f"-m fashion_mnist_lightning.cli fit --config configs/ddp_cpu.yaml --trainer.num_nodes 2 "
+            f"--trainer.devices 1 {SHORT} {COMPARABLE}".replace(
+                "torchrun", str(FASHION_MNIST.with_name("torchrun")), 1
+            ),
+            env=ENV,
+        )
+        for rank in (0, 1)
+    ]
+    for process, log in nodes:
+        assert finish(process, log, timeout=300).returncode == 0, log.read_text()[-3000:]
+    [two_nodes] = workspace.runs()  # node 0's rank 0 wrote; node 1 wrote nothing
+    assert "Epoch 0: 100%" in nodes[0][1].read_text()
+    assert "GLOBAL_RANK: 1, MEMBER: 2/2" in nodes[1][1].read_text()  # node 1's process was the second of two
+    (workspace.path / "lightning_logs").rename(tmp_path / "nodes")
+    workspace.run(
+        f"fashion-mnist fit --config configs/default.yaml --trainer.accelerator=cpu --trainer.devices=1 "
+        f"{SHORT} {COMPARABLE}",
+        env=ENV,
+    )
+    one = weights(workspace.runs()[0] / "checkpoints/last.ckpt")
+    assert worst_difference(weights(tmp_path / "nodes/version_0/checkpoints/last.ckpt"), one) <= 1e-4
 
 
 def test_any_config_plus_the_readme_ddp_flags_runs_the_strong_recipe_with_its_weight_averaging(workspace):
@@ -113,3 +157,5 @@ def test_a_signal_stops_both_processes_at_one_batch_and_the_resume_finishes(work
 
     workspace.run(f"{DDP} {long} --ckpt_path last", env=ENV, timeout=300)
     assert same_weights(straight, weights(run / "checkpoints/last.ckpt"))
+    # each process continued its own running train/acc and loss (runs/rank_states.py), not rank 0's twice
+    assert epoch_scalars(tmp_path / "straight/version_0") == epoch_scalars(run)

@@ -10,10 +10,9 @@ import pytest
 import torch
 import yaml
 
-from conftest import ROOT, Workspace, same_weights, weights
+from conftest import ROOT, Workspace, epoch_scalars, same_weights, weights
 from helpers.photos import write_photo_folder
 from helpers.weights import TINY, timm_weights
-from test_resume import epoch_scalars
 
 # default.yaml (AdamW + OneCycleLR, flips, flip TTA) with a timm backbone from a weights file, the head alone for the
 # first epoch, then the backbone at a tenth of the head's learning rate

@@ -12,9 +12,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import finish, progress, same_weights, wait_for, weights
+from conftest import ROOT, epoch_scalars, finish, progress, same_weights, wait_for, weights
 from fashion_mnist_lightning.extras.report import read_curves
 from fashion_mnist_lightning.runs.checkpoint_io import AtomicCheckpointIO
 
@@ -22,12 +21,6 @@ FAST = "fashion-mnist fit --config configs/fast.yaml"
 RANDOM = "--data.crop_padding=2 --data.hflip=true"  # augmentation draws from the RNG every step
 ALTERNATE = "--data.crop_padding=2 --data.hflip=alternate"  # the flip follows the epoch: epoch 1 mirrors every image
 LONG = "--trainer.limit_train_batches=120"  # long enough to land a signal mid-epoch
-
-
-def epoch_scalars(run: Path) -> dict[str, list[float]]:
-    events = EventAccumulator(str(run), size_guidance={"scalars": 0})
-    events.Reload()
-    return {tag: [e.value for e in events.Scalars(tag)] for tag in ("train/acc", "train/loss_epoch", "val/acc")}
 
 
 def test_resume_from_an_end_of_epoch_checkpoint_with_random_augmentation_is_bit_identical(workspace, tmp_path):
@@ -71,6 +64,19 @@ def test_a_signal_mid_epoch_checkpoints_and_the_resume_ends_identically_curves_i
     assert same_weights(weights(tmp_path / "straight/checkpoints/last.ckpt"), weights(run / "checkpoints/last.ckpt"))
     # the interrupted epoch's train/acc and train/loss_epoch cover all its batches, as in the straight run
     assert epoch_scalars(tmp_path / "straight") == epoch_scalars(run)
+
+
+def test_a_sigterm_before_training_begins_is_a_clean_stop_in_one_line(workspace):
+    # a Slurm requeue or preemption can come at any moment, set-up included: exit 143, one line, no traceback
+    env = {"PYTHONPATH": str(ROOT / "tests" / "helpers")}
+    process, log = workspace.start(f"{FAST} --trainer.callbacks+=faults.StallSetup", env=env)
+    wait_for(lambda: "stalling in setup" in log.read_text(), 120, "the set-up", process)
+    process.send_signal(signal.SIGTERM)
+    result = finish(process, log, timeout=60)
+    assert result.returncode == 128 + signal.SIGTERM, result.output[-2000:]
+    [line] = result.lines("stopped:")
+    assert "outside the training loop: nothing new was saved" in line
+    assert not list(workspace.path.rglob("*.ckpt"))
 
 
 def test_extending_a_finished_run_with_a_run_length_schedule_is_refused_in_one_line(workspace):

@@ -14,6 +14,7 @@ Everything goes through LightningCLI's public hooks (``init_parser``, ``add_argu
 
 import difflib
 import os
+import signal
 import sys
 from argparse import ArgumentError
 from importlib import import_module
@@ -28,21 +29,21 @@ from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
 from fashion_mnist_lightning import configs, noise
 from fashion_mnist_lightning.callbacks import ConfusionMatrixLogger, PredictionCSV
 from fashion_mnist_lightning.data.files import DataError
 from fashion_mnist_lightning.errors import ConfigError, UserError, config_path, explain, fail, first_line
 from fashion_mnist_lightning.module import FashionMNISTClassifier
-from fashion_mnist_lightning.runs import checkpoint_io, folders, loggers
+from fashion_mnist_lightning.runs import checkpoint_io, folders, loggers, slurm
 from fashion_mnist_lightning.runs.ddp import distributed_failure, leave_process_group
 from fashion_mnist_lightning.runs.folders import RunConfig
 from fashion_mnist_lightning.runs.guards import FiniteLossGuard, NonFiniteLossError
 from fashion_mnist_lightning.runs.memory import keep_freed_memory
 from fashion_mnist_lightning.runs.precision import warn_if_emulated
 from fashion_mnist_lightning.runs.rng import RNGStates
-from fashion_mnist_lightning.runs.signals import CheckpointOnSignal, TrainingInterrupted
+from fashion_mnist_lightning.runs.signals import CheckpointOnSignal, Terminated, TrainingInterrupted, stop_on_sigterm
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
 TOOLS = {  # commands beside LightningCLI's subcommands
@@ -193,6 +194,12 @@ class FashionMNISTCLI(LightningCLI):
                 raise ConfigError(
                     "fit resumes from --ckpt_path last (or a .ckpt path); best is for validate, test and predict"
                 )
+            named = folders.named_run(config)
+            if subcommand == "fit" and named is not None and not (named / "checkpoints" / folders.LAST).is_file():
+                config.ckpt_path = None  # a named run (a Slurm job's) that has no checkpoint yet: its first start
+                if rank_zero_only.rank == 0:
+                    print(f"starting {named}: it has no checkpoint to resume yet", flush=True)
+                return None
             config.ckpt_path = str(self.newest(config, ckpt))
             if rank_zero_only.rank == 0:  # once, not once per DDP process
                 print(f"{'resuming' if subcommand == 'fit' else 'evaluating'} {config.ckpt_path}", flush=True)
@@ -209,8 +216,9 @@ class FashionMNISTCLI(LightningCLI):
 
     def newest(self, config: Namespace, which: str) -> Path:
         """``last`` or ``best`` of the run whose ``config.yaml`` the command line gives (``--config
-        lightning_logs/version_3/config.yaml``), else of the newest run of the configured logger."""
-        named = run_of_config(self.args_given)
+        lightning_logs/version_3/config.yaml``), or of the run the logger's ``version`` names, else of the newest
+        run of the configured logger."""
+        named = run_of_config(self.args_given) or folders.named_run(config)
         if named is not None:
             return folders.newest_checkpoint(named.parent, which, [named])
         if loggers.mlflow_init_args(config) is not None:
@@ -271,6 +279,8 @@ class FashionMNISTCLI(LightningCLI):
         callbacks += [RNGStates(), FiniteLossGuard(), CheckpointOnSignal(), *self.extra_callbacks]
         if self.subcommand == "predict" and not has(callbacks, PredictionCSV):
             callbacks.append(PredictionCSV())
+        plugins = config.trainer.get("plugins") or []
+        kwargs["plugins"] = slurm.with_cluster_environment(plugins if isinstance(plugins, list) else [plugins])
         for key in BATCH_LIMITS:  # jsonargparse reads `1` as 1.0, which Lightning takes as 100 %: mean one batch
             if config.trainer.get(key) == 1.0:
                 kwargs[key] = 1
@@ -380,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
     if os.getcwd() not in sys.path:  # your network or DataModule in the folder you run from is found by its class
         sys.path.insert(0, os.getcwd())  # path (my_net.MyNet), as `python -m` would find it
     finished = False
-    with noise.quiet():
+    with noise.quiet(), stop_on_sigterm():
         try:
             if words and words[0] in TOOLS:
                 return import_module(TOOLS[words[0]]).main(words[1:])
@@ -397,10 +407,14 @@ def main(argv: list[str] | None = None) -> int:
             return fail(err, 2, rank_zero_only.rank)
         except NonFiniteLossError as err:
             return fail(err, 1, rank_zero_only.rank)
-        except TrainingInterrupted as err:
+        except (TrainingInterrupted, Terminated) as err:
             if rank_zero_only.rank == 0:  # under DDP every process stops alike: one line for the user
                 print(f"\nstopped: {err}", file=sys.stderr, flush=True)
             return 128 + err.signum
+        except SIGTERMException:  # Lightning's own SIGTERM flag (a signal during the sanity check) ended the fit
+            if rank_zero_only.rank == 0:
+                print(f"\nstopped: {Terminated(signal.SIGTERM)}", file=sys.stderr, flush=True)
+            return 128 + signal.SIGTERM
         except OSError as err:
             return fail(
                 f"{err.strerror or err} while writing {err.filename or 'a file'}; free space or pass a writable "

@@ -17,6 +17,7 @@ from fashion_mnist_lightning.backbones import head_of, start_weights
 from fashion_mnist_lightning.data.augment import shift
 from fashion_mnist_lightning.errors import UserError, first_line
 from fashion_mnist_lightning.network import SeedCNN
+from fashion_mnist_lightning.runs import rank_states
 from fashion_mnist_lightning.runs.checkpoint_io import run_of
 
 NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.GroupNorm, nn.LayerNorm)
@@ -343,8 +344,16 @@ class FashionMNISTClassifier(L.LightningModule):
                     groups.append({"params": ps, "name": prefix + name, "lr_scale": scale * part_scale, **options})
         return groups
 
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        rank_states.save(self, {"train_loss": self.train_loss, "train_acc": self.train_acc}, checkpoint)
+
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self._resumed_schedule_steps = [s.get("total_steps") for s in checkpoint.get("lr_schedulers", [])]
+        try:  # a resume: each process its own running state (load_from_checkpoint: no trainer, one process)
+            rank, world_size = self.trainer.global_rank, self.trainer.world_size
+        except RuntimeError:
+            rank, world_size = 0, 1
+        rank_states.load(checkpoint, rank, world_size)
 
     def _check_resumed_length(self, name: str, total_steps: int) -> None:
         """A schedule sized to its run (OneCycleLR) cannot be stretched: resuming with another run length would

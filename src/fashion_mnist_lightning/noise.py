@@ -23,6 +23,9 @@ WARNINGS = (
     r".*self\.log\('val/acc_best'.*sync_dist=True",
     # The CLI hands LightningCLI its arguments itself (recipes by name expanded); the note is for Python callers.
     r"LightningCLI's args parameter is intended to run from within Python",
+    # A machine with Slurm installed (a cluster's login node) but a command not started by srun: a local run,
+    # as meant. Under a job, scripts/slurm/*.sbatch start the tasks with srun.
+    r"The `srun` command is available on your system but is not used",
     # Optuna marks the journal-file storage experimental; the sweep's default, chosen on purpose (sweep.py).
     r".* is an experimental feature",
 )

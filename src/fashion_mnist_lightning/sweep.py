@@ -11,7 +11,8 @@ dotted keys the CLI uses:
       trainer.max_epochs: {type: int, low: 4, high: 8}
     objective: {metric: val/acc, direction: maximize}   # the best value over the trial's validations
     n_trials: 20                                  # and/or timeout: seconds for this worker
-    sampler: {type: tpe, seed: 0}                 # tpe | random | grid (every combination of the choices)
+    sampler: {type: tpe, seed: 0}                 # tpe | random | grid (every combination of the choices, once,
+                                                  # in the order written: a queue the workers share)
     pruner: {type: median, n_warmup_steps: 1}     # median | none; Optuna's Lightning pruning callback
     storage: null                                 # default: a journal file in the sweep folder; or a URL
     test: false                                   # also test each trial's best checkpoint (test/acc)
@@ -26,6 +27,7 @@ take --worker 0, 1, ... (each adds its index to the sampler's seed, so they sear
 import argparse
 import csv
 import io
+import itertools
 import json
 import os
 import signal
@@ -41,6 +43,7 @@ import yaml
 from lightning.pytorch.callbacks import Callback
 
 from fashion_mnist_lightning.errors import UserError
+from fashion_mnist_lightning.runs import slurm
 from fashion_mnist_lightning.runs.checkpoint_io import LAST
 
 SWEEPS = Path("lightning_logs") / "sweeps"
@@ -214,22 +217,47 @@ def open_study(sweep: Sweep, create: bool = True, storage=None):
         except TypeError as err:
             raise SweepError(f"{sweep.file}: pruner: {err}") from None
     try:
-        if not create:
-            return optuna.load_study(study_name=sweep.study_name, storage=storage, sampler=sampler, pruner=pruner)
-        return optuna.create_study(
-            study_name=sweep.study_name,
-            storage=storage,
-            sampler=sampler,
-            pruner=pruner,
-            direction=sweep.direction,
-            load_if_exists=True,
-        )
+        if create:
+            study = optuna.create_study(
+                study_name=sweep.study_name, storage=storage, sampler=sampler, pruner=pruner, direction=sweep.direction
+            )
+            if sweep.sampler["type"] == "grid":  # its creator, exactly one worker, queues every point once
+                for number, point in enumerate(grid_points(sweep)):
+                    study.enqueue_trial(point, user_attrs={"grid_point": number})
+            return study
+    except optuna.exceptions.DuplicatedStudyError:
+        pass  # another worker, or an earlier run, created it: continue it
+    try:
+        study = optuna.load_study(study_name=sweep.study_name, storage=storage, sampler=sampler, pruner=pruner)
     except KeyError:
         raise SweepError(
             f"no study {sweep.study_name!r} in {sweep.storage or 'the sweep folder'} yet; run the sweep first"
         ) from None
-    except ValueError as err:  # e.g. the stored study optimises in the other direction
-        raise SweepError(f"study {sweep.study_name!r}: {err}") from None
+    wanted = (
+        optuna.study.StudyDirection.MAXIMIZE if sweep.direction == "maximize" else optuna.study.StudyDirection.MINIMIZE
+    )
+    if create and study.direction != wanted:
+        raise SweepError(
+            f"study {sweep.study_name!r} in the storage optimises the other way ({study.direction.name.lower()}); "
+            "keep its objective.direction, or pass another --study_name"
+        )
+    if create and sweep.sampler["type"] == "grid":
+        wait_for_the_grid(study, sweep)
+    return study
+
+
+def wait_for_the_grid(study, sweep: Sweep, timeout: float = 60) -> None:
+    """A worker that found the grid's study created waits (bounded) until its creator has queued every point."""
+    deadline = time.monotonic() + timeout
+    while not any(
+        t.user_attrs.get("grid_point") == len(grid_points(sweep)) - 1 for t in study.get_trials(deepcopy=False)
+    ):
+        if time.monotonic() > deadline:
+            raise SweepError(
+                f"study {sweep.study_name!r} does not hold its grid's points (created by another version of this "
+                "command, or its creator stopped while queueing them); pass another --study_name"
+            )
+        time.sleep(0.5)
 
 
 def make_storage(sweep: Sweep):
@@ -296,8 +324,8 @@ def fit_args(sweep: Sweep, params: dict, version: str | None) -> list[str]:
 class BestValue(Callback):
     """Records the best value of ``metric`` over the validations of a fit: the trial's objective."""
 
-    def __init__(self, metric: str, direction: str):
-        self.metric, self.direction, self.best = metric, direction, None
+    def __init__(self, metric: str, direction: str, best: float | None = None):
+        self.metric, self.direction, self.best = metric, direction, best  # best: of the run this one continues
 
     def on_validation_end(self, trainer, pl_module) -> None:
         value = trainer.callback_metrics.get(self.metric)
@@ -327,26 +355,38 @@ def preflight(sweep: Sweep) -> None:
 
 
 def objective(sweep: Sweep):
+    from optuna import TrialPruned
     from optuna_integration import PyTorchLightningPruningCallback
 
     from fashion_mnist_lightning.cli import FashionMNISTCLI
+    from fashion_mnist_lightning.runs.signals import Terminated, TrainingInterrupted
 
     def run(trial) -> float:
+        if sweep.sampler["type"] == "grid" and not ({"grid_point", "retry_of"} & trial.user_attrs.keys()):
+            trial.set_user_attr("surplus", True)  # the last queued point went to another worker a moment ago
+            trial.study.stop()
+            raise TrialPruned("every grid point is taken")
         params = {p.key: p.suggest(trial) for p in sweep.space}
         version = f"trial_{trial.number}"
         trial.set_user_attr("run_folder", str(sweep.folder / version))
-        trial.set_user_attr("host", socket.gethostname())
-        trial.set_user_attr("pid", os.getpid())
+        for key, value in worker_identity().items():
+            trial.set_user_attr(key, value)
         args = fit_args(sweep, params, version)
         if sweep.test:
             args += ["--test_after_fit=true"]
         resume = trial.user_attrs.get("resume_from")
         if resume:
             args += [f"--ckpt_path={resume}"]
-        best = BestValue(sweep.metric, sweep.direction)
+        best = BestValue(sweep.metric, sweep.direction, best_before(trial, sweep.direction))
         print(f"\ntrial {trial.number}: {params}", flush=True)
         cpu = time.process_time()  # this process's CPU seconds, every thread's
-        cli = FashionMNISTCLI(args=args, extra_callbacks=(PyTorchLightningPruningCallback(trial, sweep.metric), best))
+        try:
+            cli = FashionMNISTCLI(
+                args=args, extra_callbacks=(PyTorchLightningPruningCallback(trial, sweep.metric), best)
+            )
+        except (TrainingInterrupted, Terminated):  # a signal, not the trial's fault: queue it again, once, here
+            retry(trial.study, trial)
+            raise
         trial.set_user_attr("cpu_seconds", time.process_time() - cpu)
         if best.best is None:
             raise SweepError(f"trial {trial.number} logged no {sweep.metric}")
@@ -357,23 +397,60 @@ def objective(sweep: Sweep):
     return run
 
 
-def recover(study) -> None:
-    """Trials left RUNNING by a worker on this machine that is gone (kill -9, power cut) are failed; they and
-    trials stopped by Ctrl-C/SIGTERM are queued again once, resuming from their last.ckpt (exact resume), so the
-    study completes its n_trials without repeating finished work. (A worker on another machine is noticed by
-    the database storage's heartbeat instead.)"""
+def best_before(trial, direction: str) -> float | None:
+    """A retry continues its interrupted trial (and that one's, for a retry of a retry): the best value their
+    validations reported, which a retry resumed after the last validation would otherwise not know."""
+    trials, values, number = trial.study.get_trials(deepcopy=False), [], trial.user_attrs.get("retry_of")
+    while number is not None:
+        values += trials[number].intermediate_values.values()
+        number = trials[number].user_attrs.get("retry_of")
+    if not values:
+        return None
+    return max(values) if direction == "maximize" else min(values)
+
+
+def worker_identity() -> dict:
+    """Who runs a trial, so another worker can tell when it is gone: host and pid, and in a Slurm job its id."""
+    identity = {"host": socket.gethostname(), "pid": os.getpid()}
+    if slurm.job() is not None:
+        identity["slurm_job"] = slurm.job()
+    return identity
+
+
+def retry(study, trial) -> None:
+    """Queue ``trial`` again with its parameters, from its last.ckpt if it has one (exact resume). Called by the
+    one process that ends the trial (its own worker on a signal, or the worker whose tell() failed it), so a
+    trial is never queued twice."""
+    last = Path(trial.user_attrs.get("run_folder", "")) / "checkpoints" / LAST
+    attrs = {"retry_of": trial.number, **({"resume_from": str(last)} if last.is_file() else {})}
+    study.enqueue_trial(trial.params, user_attrs=attrs)
+
+
+def recover(study, *_) -> None:
+    """Trials left RUNNING by a worker that is gone (kill -9, a node lost, a Slurm job requeued or cancelled
+    before its trial could stop) are failed and queued again once, resuming from their last.ckpt: the study
+    completes without losing or repeating a trial. Gone: a pid that no longer runs on this host, this very Slurm
+    job (restarted: its earlier run is over), or a Slurm job that squeue no longer lists. Runs when a worker
+    starts and after each of its trials (an Optuna callback, hence the extra arguments)."""
     from optuna.trial import TrialState
 
-    host = socket.gethostname()
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        pid = trial.user_attrs.get("pid")
-        if trial.user_attrs.get("host") == host and pid is not None and not alive(pid):
+        if not worker_gone(trial.user_attrs):
+            continue
+        try:
             study.tell(trial.number, state=TrialState.FAIL)
-    retried = {t.user_attrs.get("retry_of") for t in study.get_trials(deepcopy=False)}
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
-        last = Path(trial.user_attrs.get("run_folder", "")) / "checkpoints" / LAST
-        if trial.number not in retried and trial.params and last.is_file():
-            study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number, "resume_from": str(last)})
+        except (ValueError, RuntimeError):  # another worker failed it first: that one queues it again
+            continue
+        if trial.params:
+            retry(study, trial)
+
+
+def worker_gone(attrs: dict) -> bool:
+    job = attrs.get("slurm_job")
+    if job is not None:
+        return job == slurm.job() or slurm.job_alive(job) is False
+    pid = attrs.get("pid")
+    return attrs.get("host") == socket.gethostname() and pid is not None and not alive(pid)
 
 
 def alive(pid: int) -> bool:
@@ -386,6 +463,14 @@ def alive(pid: int) -> bool:
     return pid != os.getpid()
 
 
+def grid_points(sweep: Sweep) -> list[dict]:
+    """Every combination of a grid's choices, in the order the sweep file writes them."""
+    return [
+        dict(zip([p.key for p in sweep.space], values))
+        for values in itertools.product(*(p.choices for p in sweep.space))
+    ]
+
+
 def optimize(sweep: Sweep) -> None:
     import optuna
     from optuna.study import MaxTrialsCallback
@@ -395,16 +480,32 @@ def optimize(sweep: Sweep) -> None:
     recover(study)
     finished = (TrialState.COMPLETE, TrialState.PRUNED)
     done = len(study.get_trials(deepcopy=False, states=finished))
-    callbacks = []
-    if sweep.n_trials is not None:
-        if done >= sweep.n_trials:
-            print(f"study {sweep.study_name!r} already has {done} finished trials (n_trials {sweep.n_trials})")
+    callbacks = [recover]
+    n_trials = (
+        sweep.n_trials if sweep.n_trials is not None or sweep.sampler["type"] != "grid" else len(grid_points(sweep))
+    )
+    if sweep.sampler["type"] == "grid":
+        if not study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+            print(f"study {sweep.study_name!r}: every grid point has been run or is running")
+            return
+        callbacks.append(stop_when_queue_is_empty)
+    if n_trials is not None:
+        if done >= n_trials:
+            print(f"study {sweep.study_name!r} already has {done} finished trials (n_trials {n_trials})")
             return
         # the other workers' running trials count too: otherwise each worker starts one more near the end
-        callbacks.append(MaxTrialsCallback(sweep.n_trials, states=(*finished, TrialState.RUNNING)))
+        callbacks.append(MaxTrialsCallback(n_trials, states=(*finished, TrialState.RUNNING)))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.optimize(objective(sweep), timeout=sweep.timeout, callbacks=callbacks, catch=(), gc_after_trial=True)
+
+
+def stop_when_queue_is_empty(study, trial) -> None:
+    """A grid is a queue of its points (open_study): a worker stops when none is left for it."""
+    from optuna.trial import TrialState
+
+    if not study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        study.stop()
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -417,7 +518,7 @@ def write_results(sweep: Sweep) -> None:
     from fashion_mnist_lightning.runs.checkpoint_io import atomic_write, atomic_write_text
 
     study = open_study(sweep, create=False)
-    trials = study.get_trials(deepcopy=False)
+    trials = [t for t in study.get_trials(deepcopy=False) if not t.user_attrs.get("surplus")]
     keys = [p.key for p in sweep.space]
     buffer = io.StringIO()
     writer = csv.writer(buffer)
@@ -547,7 +648,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--summary", action="store_true", help="only write and print the results of the study")
     parser.add_argument("--dashboard", type=int, metavar="PORT", help="serve Optuna's dashboard on this port")
     args = parser.parse_args(argv)
-    from fashion_mnist_lightning.runs.signals import TrainingInterrupted
+    from fashion_mnist_lightning.runs.signals import Terminated, TrainingInterrupted
 
     try:
         sweep = load_sweep(args.config, args)
@@ -566,13 +667,13 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
         return 128 + err.signum
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Terminated) as err:
         print(
             "\nstopped: interrupted between trials; run the same command again to continue the study",
             file=sys.stderr,
             flush=True,
         )
-        return 130
+        return 128 + getattr(err, "signum", signal.SIGINT)
     return 0
 
 

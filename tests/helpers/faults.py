@@ -30,3 +30,14 @@ class SignalAt(Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         if trainer.global_step == self.step:
             os.kill(os.getpid(), signal.SIGTERM)
+
+
+class StallSetup(Callback):
+    """Waits ``seconds`` in ``setup``, before training begins, saying so: a signal can arrive there."""
+
+    def __init__(self, seconds: float = 60):
+        self.seconds = seconds
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        print("stalling in setup", flush=True)
+        time.sleep(self.seconds)

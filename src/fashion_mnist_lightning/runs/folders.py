@@ -140,6 +140,27 @@ def release_unused() -> None:
             shutil.rmtree(folder, ignore_errors=True)
 
 
+def named_run(config) -> Path | None:
+    """The run folder the logger's ``version`` names (``--trainer.logger.init_args.version 1234``: version_1234,
+    or a name as given), where a Slurm job's run lives; None when the version is left to the template."""
+    init = logger_init_args(config)
+    version = None if init is None else init.get("version")
+    if version is None:
+        return None
+    root = Path(init.get("save_dir") or ".") / (init.get("name") or "")
+    return root / (f"version_{version}" if isinstance(version, int) else str(version))
+
+
+def refuse_to_overwrite(subcommand: str, config, resumed_run: Path | None) -> None:
+    """A fresh fit into a named run that already holds checkpoints would replace them: continue it instead."""
+    named = named_run(config) if subcommand == "fit" and resumed_run is None and not config.get("ckpt_path") else None
+    if named is not None and any((named / "checkpoints").glob("*.ckpt")):
+        raise ResumeError(
+            f"{named} already holds a run's checkpoints, which a fresh fit would replace; continue that run with "
+            "--ckpt_path last, or name another run (--trainer.logger.init_args.version)"
+        )
+
+
 def prepare_run_folder(subcommand: str, config, resumed_run: Path | None) -> None:
     """Point the configured logger at this command's own folder before anything is built: ``fit`` a freshly
     claimed ``version_N`` (or the resumed run's own), ``validate``/``test``/``predict`` ``evaluations/<command>_K``
@@ -149,6 +170,7 @@ def prepare_run_folder(subcommand: str, config, resumed_run: Path | None) -> Non
     mlflow = mlflow_init_args(config)
     if mlflow is not None:
         return prepare_mlflow_run(subcommand, config, mlflow, resumed_run)
+    refuse_to_overwrite(subcommand, config, resumed_run)  # on every rank alike: all of them stop
     init = logger_init_args(config)
     if init is None or rank_zero_only.rank != 0 or config.trainer.get("fast_dev_run"):
         return None

@@ -8,6 +8,7 @@ at once without a checkpoint. The CLI adds this callback to every Trainer; the e
 
 import signal
 import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 import lightning as L
@@ -28,6 +29,36 @@ class TrainingInterrupted(Exception):
             f"{signal.Signals(signum).name} received: saved {position} to {path}; continue exactly "
             "there with the same command plus --ckpt_path last (make: the same make command plus RESUME=1)"
         )
+
+
+class Terminated(Exception):
+    """SIGTERM outside the training loop (set-up, the sanity check, a test after fit): nothing new to save."""
+
+    def __init__(self, signum: int):
+        self.signum = signum
+        super().__init__(
+            f"{signal.Signals(signum).name} received outside the training loop: nothing new was saved; run the same "
+            "command again (plus --ckpt_path last if this run has a checkpoint)"
+        )
+
+
+@contextmanager
+def stop_on_sigterm():
+    """While a command runs, SIGTERM is a clean stop (exit 143 with one line) rather than death by signal; the
+    training loop hands it to CheckpointOnSignal, which stops at a batch boundary with a checkpoint instead.
+    A Slurm requeue or preemption can come at any moment, set-up included."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame) -> None:
+        raise Terminated(signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 class CheckpointOnSignal(Callback):

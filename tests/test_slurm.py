@@ -1,0 +1,139 @@
+"""scripts/slurm/*.sbatch on a real one-node Slurm cluster (Debian's slurm-wlm and munge, started here; see
+tests/helpers/slurm.py), submitted as a user submits them: a 2-task DDP job requeued mid-epoch, twice (by
+`scontrol requeue`, and by the tasks' own signal as `--signal` sends it before the time limit), ends COMPLETED in
+its own run folder, bit-identical to the job never interrupted; a 3-task array of sweep workers over seeds, one
+of them requeued mid-trial, completes the study with every seed once; a typo fails once, in one line."""
+
+import os
+import re
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import FASHION_MNIST, ROOT, TRACEBACK, epoch_scalars, progress, same_weights, weights
+from helpers.slurm import Slurm
+
+pytestmark = pytest.mark.slow
+ENV = {"PATH": f"{FASHION_MNIST.parent}:{os.environ['PATH']}"}  # fashion-mnist on PATH, as in an activated venv
+LONG = "--trainer.max_epochs=2 --trainer.limit_train_batches=200 --trainer.limit_val_batches=2"
+DONE = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY")
+
+
+@pytest.fixture(scope="module")
+def slurm():
+    with Slurm(cpus=2) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def project(workspace) -> Path:
+    """The workspace with the scripts, as a clone has them; jobs are submitted from here."""
+    (workspace.path / "scripts").symlink_to(ROOT / "scripts")
+    return workspace.path
+
+
+def submit(slurm: Slurm, project: Path, *args: str) -> str:
+    return slurm.sbatch(*args, cwd=project, env=ENV)
+
+
+def output(project: Path, name: str) -> str:
+    path = project / name
+    return path.read_text(errors="replace") if path.is_file() else ""
+
+
+def after_start(text: str, start: int) -> str:
+    """The part of a job's output since its start number ``start`` (0: the first run, 1: after one requeue)."""
+    parts = re.split(r"^\S+ job \d+ start \d+ on ", text, flags=re.M)
+    return parts[start + 1] if len(parts) > start + 1 else ""
+
+
+def wait_until(condition, timeout: float, what: str, slurm: Slurm) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for {what}\n{slurm.logs()[-3000:]}")
+        time.sleep(0.2)
+
+
+def finished(slurm: Slurm, job: str, timeout: float = 400) -> list[dict]:
+    try:
+        return slurm.wait(job, DONE, timeout)
+    except TimeoutError as err:
+        slurm.run("scancel", job, check=False)
+        pytest.fail(f"{err}\n{slurm.logs()[-3000:]}")
+
+
+def test_a_job_requeued_mid_epoch_continues_its_run_and_ends_as_if_never_interrupted(slurm, project, tmp_path):
+    fit = f"scripts/slurm/fit.sbatch --config configs/ddp_cpu.yaml {LONG}".split()
+    straight = submit(slurm, project, *fit)
+    [done] = finished(slurm, straight)
+    assert (done["JobState"], done["Restarts"]) == ("COMPLETED", "0"), output(project, f"slurm-{straight}.out")
+
+    job = submit(slurm, project, *fit)
+    out = lambda: output(project, f"slurm-{job}.out")  # noqa: E731
+    log = project / f"slurm-{job}.out"
+    wait_until(lambda: log.is_file() and progress(log, 0) >= 50, 300, "batch 50 of epoch 0", slurm)
+    slurm.ctl("requeue", job)  # an administrator's requeue, as a preemption: SIGTERM to the job, Slurm requeues
+    wait_until(lambda: "Epoch 1:" in after_start(out(), 1) and progress(log, 1) >= 50, 300, "epoch 1, restart 1", slurm)
+    slurm.run("scancel", "--signal=TERM", job)  # what --signal=TERM@90 sends before the time limit: the tasks only
+    [done] = finished(slurm, job)
+    text = out()
+    assert (done["JobState"], done["Restarts"], done["ExitCode"]) == ("COMPLETED", "2", "0:0"), text[-3000:]
+    assert not TRACEBACK.search(text), text[-3000:]
+    stops = [line for line in text.splitlines() if line.startswith("stopped: SIGTERM received: saved")]
+    assert len(stops) == 2 and "epoch 0 after batch" in stops[0] and "epoch 1 after batch" in stops[1], stops
+    assert text.count("requeued (its tasks were signalled") == 1  # the second stop: the script requeued the job
+    assert "starting lightning_logs/version_" in after_start(text, 0)  # the first start began fresh...
+    assert after_start(text, 1).count("resuming lightning_logs/version_") == 1  # ...each restart continued it
+    runs = sorted(p.name for p in (project / "lightning_logs").iterdir())
+    assert runs == sorted([f"version_{straight}", f"version_{job}"])  # one folder per job, however many starts
+    assert not list(project.rglob("hpc_ckpt_*.ckpt"))  # Lightning's own requeue is off: one signal path
+    a, b = (project / "lightning_logs" / f"version_{j}" for j in (straight, job))
+    assert same_weights(weights(a / "checkpoints/last.ckpt"), weights(b / "checkpoints/last.ckpt"))
+    assert epoch_scalars(a) == epoch_scalars(b)
+
+
+def test_an_array_of_sweep_workers_runs_every_seed_once_though_one_is_requeued_mid_trial(slurm, project):
+    seeds = yaml.safe_load((ROOT / "configs/sweeps/seeds.yaml").read_text())
+    seeds["space"]["seed_everything"]["choices"] = [0, 1, 2]
+    seeds["test"] = False
+    seeds["overrides"] = {"trainer.max_epochs": 1, "trainer.limit_train_batches": 150, "trainer.limit_val_batches": 2}
+    (project / "seeds3.yaml").write_text(yaml.safe_dump(seeds))
+    array = submit(slurm, project, "--array=0-2", "scripts/slurm/sweep.sbatch", "--config", "seeds3.yaml")
+    log = project / f"slurm-{array}_1.out"
+    wait_until(lambda: log.is_file() and progress(log, 0) >= 50, 400, "array task 1 mid-trial", slurm)
+    task = next(j["JobId"] for j in slurm.jobs(array) if j.get("ArrayTaskId") == "1")
+    slurm.ctl("requeue", task)
+    tasks = finished(slurm, array, timeout=600)
+    texts = {j["ArrayTaskId"]: output(project, f"slurm-{array}_{j['ArrayTaskId']}.out") for j in tasks}
+    assert [(j["JobState"], j["ExitCode"]) for j in tasks] == [("COMPLETED", "0:0")] * 3, texts
+    assert sorted(j["Restarts"] for j in tasks) == ["0", "0", "1"]
+    assert not any(TRACEBACK.search(t) for t in texts.values()), texts
+
+    import optuna
+
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(project / "lightning_logs/sweeps/seeds3/study.journal"))
+    )
+    trials = optuna.load_study(study_name="seeds3", storage=storage).get_trials()
+    complete = sorted(t.params["seed_everything"] for t in trials if t.state.name == "COMPLETE")
+    assert complete == [0, 1, 2], [(t.number, t.state.name, t.params, t.user_attrs) for t in trials]
+    [failed] = [t for t in trials if t.state.name == "FAIL"]  # the requeued one, continued by its retry
+    retry = next(t for t in trials if t.user_attrs.get("retry_of") == failed.number)
+    assert retry.state.name == "COMPLETE" and retry.user_attrs["resume_from"].endswith("checkpoints/last.ckpt")
+    assert len(trials) == 4
+
+
+def test_a_job_with_a_typo_fails_once_in_one_line(slurm, project):
+    job = submit(
+        slurm, project, "scripts/slurm/fit.sbatch", "--config", "configs/ddp_cpu.yaml", "--trainer.max_epoch=1"
+    )
+    [done] = finished(slurm, job, timeout=200)
+    text = output(project, f"slurm-{job}.out")
+    assert (done["JobState"], done["Restarts"], done["ExitCode"]) == ("FAILED", "0", "2:0"), text[-3000:]
+    errors = [line for line in text.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "did you mean 'trainer.max_epochs'" in errors[0], text[-3000:]
+    assert not TRACEBACK.search(text) and "requeued" not in text
+    assert not (project / "lightning_logs").exists() or not any((project / "lightning_logs").rglob("*.ckpt"))
