@@ -1,8 +1,9 @@
 """scripts/slurm/*.sbatch on a real one-node Slurm cluster (Debian's slurm-wlm and munge, started here; see
-tests/helpers/slurm.py), submitted as a user submits them: a 2-task DDP job requeued mid-epoch, twice (by
-`scontrol requeue`, and by the tasks' own signal as `--signal` sends it before the time limit), ends COMPLETED in
-its own run folder, bit-identical to the job never interrupted; a 3-task array of sweep workers over seeds, one
-of them requeued mid-trial, completes the study with every seed once; a typo fails once, in one line."""
+tests/helpers/slurm.py), submitted as a user submits them: a 2-task DDP job stopped mid-epoch three times (by
+`scontrol requeue`, by a preempting job, by the tasks' own signal as `--signal` sends it before the time limit)
+ends COMPLETED in its own run folder, bit-identical to the job never interrupted, curves included; a 3-task
+array of sweep workers over seeds, one of them requeued mid-trial, completes the study with every seed once; a
+typo fails once, in one line."""
 
 import os
 import re
@@ -17,7 +18,7 @@ from helpers.slurm import Slurm
 
 pytestmark = pytest.mark.slow
 ENV = {"PATH": f"{FASHION_MNIST.parent}:{os.environ['PATH']}"}  # fashion-mnist on PATH, as in an activated venv
-LONG = "--trainer.max_epochs=2 --trainer.limit_train_batches=200 --trainer.limit_val_batches=2"
+LONG = "--trainer.max_epochs=3 --trainer.limit_train_batches=200 --trainer.limit_val_batches=2"
 DONE = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY")
 
 
@@ -65,7 +66,13 @@ def finished(slurm: Slurm, job: str, timeout: float = 400) -> list[dict]:
         pytest.fail(f"{err}\n{slurm.logs()[-3000:]}")
 
 
-def test_a_job_requeued_mid_epoch_continues_its_run_and_ends_as_if_never_interrupted(slurm, project, tmp_path):
+def batches(text: str, epoch: int) -> int:
+    """The newest batch count the progress bar printed for ``epoch`` in ``text`` (see conftest.progress)."""
+    counts = re.findall(rf"Epoch {epoch}: +\d+%\|[^|]*\| (\d+)/", text)
+    return int(counts[-1]) if counts else 0
+
+
+def test_a_job_requeued_preempted_and_signalled_mid_epoch_ends_as_if_never_interrupted(slurm, project):
     fit = f"scripts/slurm/fit.sbatch --config configs/ddp_cpu.yaml {LONG}".split()
     straight = submit(slurm, project, *fit)
     [done] = finished(slurm, straight)
@@ -73,20 +80,24 @@ def test_a_job_requeued_mid_epoch_continues_its_run_and_ends_as_if_never_interru
 
     job = submit(slurm, project, *fit)
     out = lambda: output(project, f"slurm-{job}.out")  # noqa: E731
-    log = project / f"slurm-{job}.out"
-    wait_until(lambda: log.is_file() and progress(log, 0) >= 50, 300, "batch 50 of epoch 0", slurm)
-    slurm.ctl("requeue", job)  # an administrator's requeue, as a preemption: SIGTERM to the job, Slurm requeues
-    wait_until(lambda: "Epoch 1:" in after_start(out(), 1) and progress(log, 1) >= 50, 300, "epoch 1, restart 1", slurm)
-    slurm.run("scancel", "--signal=TERM", job)  # what --signal=TERM@90 sends before the time limit: the tasks only
+    interruptions = [
+        ["scontrol", "requeue", job],  # an administrator's requeue: SIGTERM to the whole job, Slurm requeues it
+        ["sbatch", "--partition=urgent", "--ntasks=2", "--wrap=sleep 1"],  # a job that preempts this one (requeue)
+        ["scancel", "--signal=TERM", job],  # what --signal=TERM@90 sends before the time limit: the tasks only
+    ]
+    for start, command in enumerate(interruptions):  # in epoch 0 of the first start, epoch 1 of the second, ...
+        mid_epoch = lambda n=start: batches(after_start(out(), n), n) >= 50  # noqa: E731
+        wait_until(mid_epoch, 300, f"batch 50 of epoch {start} in start {start}", slurm)
+        slurm.run(*command)
     [done] = finished(slurm, job)
     text = out()
-    assert (done["JobState"], done["Restarts"], done["ExitCode"]) == ("COMPLETED", "2", "0:0"), text[-3000:]
+    assert (done["JobState"], done["Restarts"], done["ExitCode"]) == ("COMPLETED", "3", "0:0"), text[-3000:]
     assert not TRACEBACK.search(text), text[-3000:]
     stops = [line for line in text.splitlines() if line.startswith("stopped: SIGTERM received: saved")]
-    assert len(stops) == 2 and "epoch 0 after batch" in stops[0] and "epoch 1 after batch" in stops[1], stops
-    assert text.count("requeued (its tasks were signalled") == 1  # the second stop: the script requeued the job
+    assert [f"epoch {n} after batch" in line for n, line in enumerate(stops)] == [True] * 3, stops
+    assert text.count("requeued (its tasks were signalled") == 1  # only the third: the script requeued the job
     assert "starting lightning_logs/version_" in after_start(text, 0)  # the first start began fresh...
-    assert after_start(text, 1).count("resuming lightning_logs/version_") == 1  # ...each restart continued it
+    assert [after_start(text, n).count(f"resuming lightning_logs/version_{job}/") for n in (1, 2, 3)] == [1, 1, 1]
     runs = sorted(p.name for p in (project / "lightning_logs").iterdir())
     assert runs == sorted([f"version_{straight}", f"version_{job}"])  # one folder per job, however many starts
     assert not list(project.rglob("hpc_ckpt_*.ckpt"))  # Lightning's own requeue is off: one signal path

@@ -3,7 +3,9 @@ temporary folder, loopback ports, started and stopped by the test session (like 
 
 The settings are the few a one-node cluster without systemd needs (root, no cgroups, no accounting): process
 tracking by the parent-process tree, no task binding, ``JobRequeue=1``, and a short credential lifetime, without
-which a requeued job waits two minutes before it runs again. ``squeue``/``scontrol`` read the same ``SLURM_CONF``.
+which a requeued job waits two minutes before it runs again. Two partitions on the node: jobs go to ``batch``; a
+job in ``urgent`` preempts them (requeued, as a cluster's preemptible partitions do). ``squeue``/``scontrol`` read
+the same ``SLURM_CONF``.
 """
 
 import os
@@ -43,8 +45,11 @@ SelectType=select/cons_tres
 SelectTypeParameters=CR_CPU
 KillWait=30
 MinJobAge=600
+PreemptType=preempt/partition_prio
+PreemptMode=REQUEUE
 NodeName=localhost CPUs={cpus} State=UNKNOWN
-PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
+PartitionName=batch Nodes=localhost Default=YES MaxTime=INFINITE State=UP PriorityTier=1
+PartitionName=urgent Nodes=localhost MaxTime=INFINITE State=UP PriorityTier=2 PreemptMode=OFF
 """
 
 

@@ -2,8 +2,9 @@
 
 The signal handler only sets a flag; the checkpoint is written at the next batch boundary, so it holds a
 consistent state (weights, optimizer, scheduler, loop counters, RNG states, the position in the epoch).
-It goes to the run's ``checkpoints/last.ckpt``, which ``--ckpt_path last`` resumes. A second signal stops
-at once without a checkpoint. The CLI adds this callback to every Trainer; the exit code is 128 + signal.
+It goes to the run's ``checkpoints/last.ckpt``, which ``--ckpt_path last`` resumes. A second Ctrl-C stops
+at once without a checkpoint (a second SIGTERM changes nothing: schedulers send it twice). The CLI adds this
+callback to every Trainer; the exit code is 128 + signal.
 """
 
 import signal
@@ -77,10 +78,12 @@ class CheckpointOnSignal(Callback):
             self._previous = {signum: signal.signal(signum, self._on_signal) for signum in SIGNALS}
 
     def _on_signal(self, signum: int, frame) -> None:
-        if self.received is not None:  # asked twice: stop now
+        if self.received is not None and signum == signal.SIGINT:  # Ctrl-C twice: stop now
             self._restore_handlers()
             raise KeyboardInterrupt
-        self.received = signum
+        # a SIGTERM repeated changes nothing: a Slurm preemption sends it twice (slurmstepd, then srun forwarding
+        # its own), and a scheduler's hard stop is SIGKILL after its grace time
+        self.received = self.received or signum
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int):
         if not self._agreed_signal(trainer, pl_module):
