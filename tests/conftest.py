@@ -407,6 +407,7 @@ LONGEST_FIRST = (
     "test_configs.py",  # 235 s
     "test_configs_strong.py",  # 166 s
     "test_resume.py",  # 160 s
+    "test_slurm.py",  # ~150 s (new in #28: one Slurm cluster for the file, jobs one after another)
     "test_finetune.py",  # ~150 s (new in #27: not yet measured in a whole run)
     "test_gpu_check.py",  # 149 s
     "test_strong.py",  # 99 s
