@@ -2,11 +2,12 @@
 tests/helpers/slurm.py), submitted as a user submits them: a 2-task DDP job stopped mid-epoch three times (by
 `scontrol requeue`, by a preempting job, by the tasks' own signal as `--signal` sends it before the time limit)
 ends COMPLETED in its own run folder, bit-identical to the job never interrupted, curves included; a 3-task
-array of sweep workers over seeds, one of them requeued mid-trial, completes the study with every seed once; a
-typo fails once, in one line."""
+array of sweep workers over seeds, one of them requeued or killed mid-trial, completes the study with every seed
+once; a typo fails once, in one line."""
 
 import os
 import re
+import signal
 import time
 from pathlib import Path
 
@@ -106,7 +107,17 @@ def test_a_job_requeued_preempted_and_signalled_mid_epoch_ends_as_if_never_inter
     assert epoch_scalars(a) == epoch_scalars(b)
 
 
-def test_an_array_of_sweep_workers_runs_every_seed_once_though_one_is_requeued_mid_trial(slurm, project):
+def study_trials(project: Path) -> list:
+    import optuna
+
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(project / "lightning_logs/sweeps/seeds3/study.journal"))
+    )
+    return optuna.load_study(study_name="seeds3", storage=storage).get_trials()
+
+
+@pytest.mark.parametrize("how", ["requeue", "kill -9"])
+def test_an_array_of_sweep_workers_runs_every_seed_once_though_one_is_stopped_mid_trial(slurm, project, how):
     seeds = yaml.safe_load((ROOT / "configs/sweeps/seeds.yaml").read_text())
     seeds["space"]["seed_everything"]["choices"] = [0, 1, 2]
     seeds["test"] = False
@@ -116,24 +127,26 @@ def test_an_array_of_sweep_workers_runs_every_seed_once_though_one_is_requeued_m
     log = project / f"slurm-{array}_1.out"
     wait_until(lambda: log.is_file() and progress(log, 0) >= 50, 400, "array task 1 mid-trial", slurm)
     task = next(j["JobId"] for j in slurm.jobs(array) if j.get("ArrayTaskId") == "1")
-    slurm.ctl("requeue", task)
+    if how == "requeue":  # SIGTERM: the trial stops with its last.ckpt, fails, and is queued again by its worker
+        slurm.ctl("requeue", task)
+    else:  # the task's process dies (the OOM killer, a segfault): its trial stays RUNNING until another worker
+        [running] = [t for t in study_trials(project) if t.user_attrs.get("slurm_job") == task]  # sees via squeue
+        os.kill(running.user_attrs["pid"], signal.SIGKILL)  # that the job is gone
     tasks = finished(slurm, array, timeout=600)
     texts = {j["ArrayTaskId"]: output(project, f"slurm-{array}_{j['ArrayTaskId']}.out") for j in tasks}
-    assert [(j["JobState"], j["ExitCode"]) for j in tasks] == [("COMPLETED", "0:0")] * 3, texts
-    assert sorted(j["Restarts"] for j in tasks) == ["0", "0", "1"]
+    states = {j["ArrayTaskId"]: (j["JobState"], j["Restarts"]) for j in tasks}
+    stopped = ("COMPLETED", "1") if how == "requeue" else ("FAILED", "0")  # killed: its job ends, the study not
+    assert states == {"0": ("COMPLETED", "0"), "1": stopped, "2": ("COMPLETED", "0")}, texts
     assert not any(TRACEBACK.search(t) for t in texts.values()), texts
 
-    import optuna
-
-    storage = optuna.storages.JournalStorage(
-        optuna.storages.journal.JournalFileBackend(str(project / "lightning_logs/sweeps/seeds3/study.journal"))
-    )
-    trials = optuna.load_study(study_name="seeds3", storage=storage).get_trials()
+    trials = study_trials(project)
     complete = sorted(t.params["seed_everything"] for t in trials if t.state.name == "COMPLETE")
     assert complete == [0, 1, 2], [(t.number, t.state.name, t.params, t.user_attrs) for t in trials]
-    [failed] = [t for t in trials if t.state.name == "FAIL"]  # the requeued one, continued by its retry
+    [failed] = [t for t in trials if t.state.name == "FAIL"]  # the stopped one, continued by its retry
     retry = next(t for t in trials if t.user_attrs.get("retry_of") == failed.number)
-    assert retry.state.name == "COMPLETE" and retry.user_attrs["resume_from"].endswith("checkpoints/last.ckpt")
+    assert retry.state.name == "COMPLETE"
+    # requeued: resumed from the checkpoint the stop wrote; killed in its only epoch: no checkpoint yet, run afresh
+    assert retry.user_attrs.get("resume_from", "").endswith("checkpoints/last.ckpt") == (how == "requeue")
     assert len(trials) == 4
 
 

@@ -413,7 +413,7 @@ def worker_identity() -> dict:
     """Who runs a trial, so another worker can tell when it is gone: host and pid, and in a Slurm job its id."""
     identity = {"host": socket.gethostname(), "pid": os.getpid()}
     if slurm.job() is not None:
-        identity["slurm_job"] = slurm.job()
+        identity.update(slurm_job=slurm.job(), slurm_start=slurm.restarts())
     return identity
 
 
@@ -429,8 +429,8 @@ def retry(study, trial) -> None:
 def recover(study, *_) -> None:
     """Trials left RUNNING by a worker that is gone (kill -9, a node lost, a Slurm job requeued or cancelled
     before its trial could stop) are failed and queued again once, resuming from their last.ckpt: the study
-    completes without losing or repeating a trial. Gone: a pid that no longer runs on this host, this very Slurm
-    job (restarted: its earlier run is over), or a Slurm job that squeue no longer lists. Runs when a worker
+    completes without losing or repeating a trial. Gone: a pid that no longer runs on this host, an earlier start
+    of this very Slurm job (requeued), or a Slurm job that squeue no longer lists as running. Runs when a worker
     starts and after each of its trials (an Optuna callback, hence the extra arguments)."""
     from optuna.trial import TrialState
 
@@ -447,8 +447,10 @@ def recover(study, *_) -> None:
 
 def worker_gone(attrs: dict) -> bool:
     job = attrs.get("slurm_job")
+    if job is not None and job == slurm.job():  # this job's earlier start (requeued), or a task beside this one
+        return attrs.get("slurm_start", 0) < slurm.restarts()
     if job is not None:
-        return job == slurm.job() or slurm.job_alive(job) is False
+        return slurm.job_alive(job) is False
     pid = attrs.get("pid")
     return attrs.get("host") == socket.gethostname() and pid is not None and not alive(pid)
 

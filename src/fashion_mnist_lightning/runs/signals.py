@@ -19,6 +19,10 @@ from lightning.pytorch.callbacks import Callback
 from fashion_mnist_lightning.runs.checkpoint_io import LAST
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# Set once a signal has stopped this command: from then on a SIGTERM changes nothing. A Slurm preemption sends
+# it twice (slurmstepd, then srun forwarding its own), and the repeat must not turn a clean stop into a traceback
+# or run Lightning's SIGTERM handler (a collective inside a signal handler) while the command is ending.
+STOPPING = threading.Event()
 
 
 class TrainingInterrupted(Exception):
@@ -53,13 +57,16 @@ def stop_on_sigterm():
         return
 
     def stop(signum: int, frame) -> None:
-        raise Terminated(signum)
+        if not STOPPING.is_set():
+            STOPPING.set()
+            raise Terminated(signum)
 
+    STOPPING.clear()
     previous = signal.signal(signal.SIGTERM, stop)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN if STOPPING.is_set() else previous)
 
 
 class CheckpointOnSignal(Callback):
@@ -74,6 +81,7 @@ class CheckpointOnSignal(Callback):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.received, self.position = None, "the end of training"
+        STOPPING.clear()
         if threading.current_thread() is threading.main_thread():  # Python only delivers signals there
             self._previous = {signum: signal.signal(signum, self._on_signal) for signum in SIGNALS}
 
@@ -81,8 +89,8 @@ class CheckpointOnSignal(Callback):
         if self.received is not None and signum == signal.SIGINT:  # Ctrl-C twice: stop now
             self._restore_handlers()
             raise KeyboardInterrupt
-        # a SIGTERM repeated changes nothing: a Slurm preemption sends it twice (slurmstepd, then srun forwarding
-        # its own), and a scheduler's hard stop is SIGKILL after its grace time
+        # a SIGTERM repeated changes nothing (STOPPING); a scheduler's hard stop is SIGKILL after its grace time
+        STOPPING.set()
         self.received = self.received or signum
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int):
@@ -113,7 +121,8 @@ class CheckpointOnSignal(Callback):
 
     def _restore_handlers(self) -> None:
         for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
+            stopped = signum == signal.SIGTERM and STOPPING.is_set()
+            signal.signal(signum, signal.SIG_IGN if stopped else handler)  # not Lightning's handler while ending
         self._previous = {}
 
     def _checkpoint_and_stop(self, trainer: L.Trainer, position: str) -> None:
