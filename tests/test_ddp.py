@@ -41,12 +41,7 @@ def test_the_readme_ddp_line_finishes_and_follows_the_one_process_run(workspace,
     [ddp] = workspace.runs()  # only rank 0 wrote: one run folder
     assert (ddp / "checkpoints/last.ckpt").is_file() and (ddp / "confusion_matrix_test.png").is_file()
     (workspace.path / "lightning_logs").rename(tmp_path / "ddp")
-    workspace.run(
-        f"fashion-mnist fit --config configs/default.yaml --trainer.accelerator=cpu --trainer.devices=1 "
-        f"{SHORT} {COMPARABLE}",
-        env=ENV,
-    )
-    one = weights(workspace.runs()[0] / "checkpoints/last.ckpt")
+    one = one_process_weights(workspace)
     assert worst_difference(weights(tmp_path / "ddp/version_0/checkpoints/last.ckpt"), one) <= 1e-4
 
     # the test accuracy rank 0 logged (synced over both shards) = an evaluation of the checkpoint on one process
@@ -64,6 +59,16 @@ def test_the_readme_ddp_line_finishes_and_follows_the_one_process_run(workspace,
     assert abs(logged - evaluated.Scalars("test/acc")[-1].value) < 1e-6
 
 
+def one_process_weights(workspace) -> dict:
+    """The weights of the same short run on one process (batch 256): what DDP's averaging must follow."""
+    workspace.run(
+        f"fashion-mnist fit --config configs/default.yaml --trainer.accelerator=cpu --trainer.devices=1 "
+        f"{SHORT} {COMPARABLE}",
+        env=ENV,
+    )
+    return weights(workspace.runs()[0] / "checkpoints/last.ckpt")
+
+
 def worst_difference(a: dict, b: dict) -> float:
     """The largest difference between two checkpoints' network weights."""
     return max((a[k] - b[k]).abs().max().item() for k in a if k.startswith("network."))
@@ -75,13 +80,14 @@ def test_two_nodes_by_torchrun_on_loopback_follow_the_one_process_run(workspace,
     port = free_port()
     nodes = [
         workspace.start(
-            f"torchrun --nnodes 2 --nproc-per-node 1 --node-rank {rank} --master-addr 127.0.0.1 --master-port {port} "
-            f"-m fashion_mnist_lightning.cli fit --config configs/ddp_cpu.yaml --trainer.num_nodes 2 "
-            f"--trainer.devices 1 {SHORT} {COMPARABLE}".replace(
-                "torchrun", str(FASHION_MNIST.with_name("torchrun")), 1
-            ),
+            [
+                str(FASHION_MNIST.with_name("torchrun")),
+                *f"--nnodes 2 --nproc-per-node 1 --node-rank {rank} "
+                f"--master-addr 127.0.0.1 --master-port {port} -m fashion_mnist_lightning.cli fit --config "
+                f"configs/ddp_cpu.yaml --trainer.num_nodes 2 --trainer.devices 1 {SHORT} {COMPARABLE}".split(),
+            ],
             env=ENV,
-        )
+        )  # fmt: skip
         for rank in (0, 1)
     ]
     for process, log in nodes:
@@ -90,12 +96,7 @@ def test_two_nodes_by_torchrun_on_loopback_follow_the_one_process_run(workspace,
     assert "Epoch 0: 100%" in nodes[0][1].read_text()
     assert "GLOBAL_RANK: 1, MEMBER: 2/2" in nodes[1][1].read_text()  # node 1's process was the second of two
     (workspace.path / "lightning_logs").rename(tmp_path / "nodes")
-    workspace.run(
-        f"fashion-mnist fit --config configs/default.yaml --trainer.accelerator=cpu --trainer.devices=1 "
-        f"{SHORT} {COMPARABLE}",
-        env=ENV,
-    )
-    one = weights(workspace.runs()[0] / "checkpoints/last.ckpt")
+    one = one_process_weights(workspace)
     assert worst_difference(weights(tmp_path / "nodes/version_0/checkpoints/last.ckpt"), one) <= 1e-4
 
 
