@@ -47,7 +47,7 @@ def output(project: Path, name: str) -> str:
 
 def after_start(text: str, start: int) -> str:
     """The part of a job's output since its start number ``start`` (0: the first run, 1: after one requeue)."""
-    parts = re.split(r"^\S+ job \d+ start \d+ on ", text, flags=re.M)
+    parts = re.split(r"^\S+ job \S+ start \d+ on ", text, flags=re.M)
     return parts[start + 1] if len(parts) > start + 1 else ""
 
 
@@ -73,7 +73,7 @@ def batches(text: str, epoch: int) -> int:
     return int(counts[-1]) if counts else 0
 
 
-def test_a_job_requeued_preempted_and_signalled_mid_epoch_ends_as_if_never_interrupted(slurm, project):
+def test_a_job_requeued_preempted_and_signalled_mid_epoch_ends_as_if_never_interrupted(slurm, project, workspace):
     fit = f"scripts/slurm/fit.sbatch --config configs/ddp_cpu.yaml {LONG}".split()
     straight = submit(slurm, project, *fit)
     [done] = finished(slurm, straight)
@@ -83,13 +83,13 @@ def test_a_job_requeued_preempted_and_signalled_mid_epoch_ends_as_if_never_inter
     out = lambda: output(project, f"slurm-{job}.out")  # noqa: E731
     interruptions = [
         ["scontrol", "requeue", job],  # an administrator's requeue: SIGTERM to the whole job, Slurm requeues it
-        ["sbatch", "--partition=urgent", "--ntasks=2", "--wrap=sleep 1"],  # a job that preempts this one (requeue)
+        ["sbatch", "--partition=urgent", "--ntasks=2", "--output=/dev/null", "--wrap=sleep 1"],  # preempts this one
         ["scancel", "--signal=TERM", job],  # what --signal=TERM@90 sends before the time limit: the tasks only
     ]
     for start, command in enumerate(interruptions):  # in epoch 0 of the first start, epoch 1 of the second, ...
         mid_epoch = lambda n=start: batches(after_start(out(), n), n) >= 50  # noqa: E731
         wait_until(mid_epoch, 300, f"batch 50 of epoch {start} in start {start}", slurm)
-        slurm.run(*command)
+        slurm.run(*command, cwd=project)
     [done] = finished(slurm, job)
     text = out()
     assert (done["JobState"], done["Restarts"], done["ExitCode"]) == ("COMPLETED", "3", "0:0"), text[-3000:]
@@ -97,14 +97,17 @@ def test_a_job_requeued_preempted_and_signalled_mid_epoch_ends_as_if_never_inter
     stops = [line for line in text.splitlines() if line.startswith("stopped: SIGTERM received: saved")]
     assert [f"epoch {n} after batch" in line for n, line in enumerate(stops)] == [True] * 3, stops
     assert text.count("requeued (its tasks were signalled") == 1  # only the third: the script requeued the job
-    assert "starting lightning_logs/version_" in after_start(text, 0)  # the first start began fresh...
-    assert [after_start(text, n).count(f"resuming lightning_logs/version_{job}/") for n in (1, 2, 3)] == [1, 1, 1]
+    assert f"starting lightning_logs/slurm_{job}:" in after_start(text, 0)  # the first start began fresh...
+    assert [after_start(text, n).count(f"resuming lightning_logs/slurm_{job}/") for n in (1, 2, 3)] == [1, 1, 1]
     runs = sorted(p.name for p in (project / "lightning_logs").iterdir())
-    assert runs == sorted([f"version_{straight}", f"version_{job}"])  # one folder per job, however many starts
+    assert runs == sorted([f"slurm_{straight}", f"slurm_{job}"])  # one folder per job, however many starts
     assert not list(project.rglob("hpc_ckpt_*.ckpt"))  # Lightning's own requeue is off: one signal path
-    a, b = (project / "lightning_logs" / f"version_{j}" for j in (straight, job))
+    a, b = (project / "lightning_logs" / f"slurm_{j}" for j in (straight, job))
     assert same_weights(weights(a / "checkpoints/last.ckpt"), weights(b / "checkpoints/last.ckpt"))
     assert epoch_scalars(a) == epoch_scalars(b)
+    # README: a job's run evaluated from the login node by its config.yaml, into the run's own evaluations/
+    workspace.run(f"fashion-mnist test --config lightning_logs/slurm_{job}/config.yaml --ckpt_path best", env=ENV)
+    assert list((b / "evaluations").glob("test_*/events.out.tfevents.*"))
 
 
 def study_trials(project: Path) -> list:

@@ -6,7 +6,8 @@
 # requeue the job. Lightning's own auto-requeue (SIGUSR1) is off (src/fashion_mnist_lightning/runs/slurm.py).
 # Any other failure (a typo in a flag: exit 2) ends the job once, with its one-line error in the output.
 set -uo pipefail
-cd "${SLURM_SUBMIT_DIR:-.}"
+JOB="${SLURM_ARRAY_JOB_ID:+${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}}"  # as squeue and the output file name it
+JOB="${JOB:-$SLURM_JOB_ID}"
 if [ -x .venv/bin/fashion-mnist ]; then  # `make install`'s environment; else whatever `fashion-mnist` is on PATH
   PATH="$PWD/.venv/bin:$PATH"
 fi
@@ -15,7 +16,7 @@ signalled=""
 trap 'signalled=1' TERM  # the whole job is being requeued, preempted or cancelled: Slurm decides what follows
 
 run() {
-  echo "$(date -Is) job ${SLURM_JOB_ID} start ${SLURM_RESTART_COUNT:-0} on ${SLURM_JOB_NODELIST}: fashion-mnist $*"
+  echo "$(date -Is) job ${JOB} start ${SLURM_RESTART_COUNT:-0} on ${SLURM_JOB_NODELIST}: fashion-mnist $*"
   srun fashion-mnist "$@" &  # no --kill-on-bad-exit: a task SIGTERMed for a peer's error would look like a requeue
   local step=$!
   wait "$step"
@@ -24,10 +25,13 @@ run() {
     wait "$step"
     status=$?
   done
-  echo "$(date -Is) job ${SLURM_JOB_ID}: fashion-mnist exited ${status}"
+  echo "$(date -Is) job ${JOB}: fashion-mnist exited ${status}"
   if [ "$status" -eq 143 ] && [ -z "$signalled" ]; then
-    echo "$(date -Is) job ${SLURM_JOB_ID}: requeued (its tasks were signalled: --signal or scancel --signal)"
+    echo "$(date -Is) job ${JOB}: requeued (its tasks were signalled: --signal or scancel --signal)"
     scontrol requeue "${SLURM_JOB_ID}"
+  elif [ "$status" -eq 143 ] && [ "$1" = fit ]; then
+    echo "$(date -Is) job ${JOB}: stopped by Slurm; requeued, it continues by itself; cancelled, continue its run" \
+      "in a new job: sbatch scripts/slurm/fit.sbatch ... --trainer.logger.init_args.version=slurm_${JOB}"
   fi
   exit "$status"
 }

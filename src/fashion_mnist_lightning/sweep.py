@@ -550,10 +550,19 @@ def write_results(sweep: Sweep) -> None:
         atomic_write(sweep.folder / "plots" / f"{name}.png", lambda f, figure=figure: figure.savefig(f, dpi=110))
     best = study.best_trial
     write_best_yaml(sweep, best)
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    retried = {t.user_attrs.get("retry_of") for t in trials}
+    unfinished = sum(t.state in (TrialState.RUNNING, TrialState.WAITING) for t in trials)
     lines = [
         f"\nstudy {sweep.study_name!r}: {len(complete)} complete, "
-        f"{sum(t.state == TrialState.PRUNED for t in trials)} pruned, "
-        f"{sum(t.state == TrialState.FAIL for t in trials)} failed of {len(trials)} trials",
+        f"{sum(t.state == TrialState.PRUNED for t in trials)} pruned, {len(failed)} failed"
+        + (f" ({sum(t.number in retried for t in failed)} of them continued by a retry)" if failed else "")
+        + f" of {len(trials)} trials"
+        + (
+            f"; {unfinished} still running or queued (other workers): --summary when they are done"
+            if unfinished
+            else ""
+        ),
         f"best trial {best.number}: {sweep.metric} = {best.value:.4f}  {best.params}",
         f"results: {sweep.folder / 'trials.csv'}, {sweep.folder / 'plots'}/, {sweep.folder / 'best.yaml'}",
         f"TensorBoard over all trials: tensorboard --logdir {sweep.folder}",

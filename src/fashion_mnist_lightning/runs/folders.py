@@ -176,7 +176,8 @@ def prepare_run_folder(subcommand: str, config, resumed_run: Path | None) -> Non
         return None
     root = Path(init.get("save_dir") or ".") / (init.get("name") or "")
     if subcommand == "fit" and resumed_run is not None:
-        init.version = int(resumed_run.name.removeprefix("version_"))  # continue the same run
+        number = VERSION.fullmatch(resumed_run.name)  # continue the same run: version_N, or a name (slurm_<job>)
+        init.version = int(number.group(1)) if number else resumed_run.name
         watch(resumed_run)
     elif subcommand == "fit" and init.get("version") is None:
         _, name = claim(root, "version_", next_version(root))
