@@ -248,10 +248,8 @@ def open_study(sweep: Sweep, create: bool = True, storage=None):
 
 def wait_for_the_grid(study, sweep: Sweep, timeout: float = 60) -> None:
     """A worker that found the grid's study created waits (bounded) until its creator has queued every point."""
-    deadline = time.monotonic() + timeout
-    while not any(
-        t.user_attrs.get("grid_point") == len(grid_points(sweep)) - 1 for t in study.get_trials(deepcopy=False)
-    ):
+    deadline, last = time.monotonic() + timeout, len(grid_points(sweep)) - 1
+    while not any(t.user_attrs.get("grid_point") == last for t in study.get_trials(deepcopy=False)):
         if time.monotonic() > deadline:
             raise SweepError(
                 f"study {sweep.study_name!r} does not hold its grid's points (created by another version of this "
@@ -483,30 +481,32 @@ def optimize(sweep: Sweep) -> None:
     finished = (TrialState.COMPLETE, TrialState.PRUNED)
     done = len(study.get_trials(deepcopy=False, states=finished))
     callbacks = [recover]
-    n_trials = (
-        sweep.n_trials if sweep.n_trials is not None or sweep.sampler["type"] != "grid" else len(grid_points(sweep))
-    )
     if sweep.sampler["type"] == "grid":
-        if not study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        if queue_is_empty(study):
             print(f"study {sweep.study_name!r}: every grid point has been run or is running")
             return
         callbacks.append(stop_when_queue_is_empty)
-    if n_trials is not None:
-        if done >= n_trials:
-            print(f"study {sweep.study_name!r} already has {done} finished trials (n_trials {n_trials})")
+    if sweep.n_trials is not None:
+        if done >= sweep.n_trials:
+            print(f"study {sweep.study_name!r} already has {done} finished trials (n_trials {sweep.n_trials})")
             return
         # the other workers' running trials count too: otherwise each worker starts one more near the end
-        callbacks.append(MaxTrialsCallback(n_trials, states=(*finished, TrialState.RUNNING)))
+        callbacks.append(MaxTrialsCallback(sweep.n_trials, states=(*finished, TrialState.RUNNING)))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.optimize(objective(sweep), timeout=sweep.timeout, callbacks=callbacks, catch=(), gc_after_trial=True)
 
 
-def stop_when_queue_is_empty(study, trial) -> None:
-    """A grid is a queue of its points (open_study): a worker stops when none is left for it."""
+def queue_is_empty(study) -> bool:
+    """No trial waits to be taken (a grid is a queue of its points: open_study)."""
     from optuna.trial import TrialState
 
-    if not study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+    return not study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+
+
+def stop_when_queue_is_empty(study, trial) -> None:
+    """After each trial of a grid: a worker stops when no point is left for it."""
+    if queue_is_empty(study):
         study.stop()
 
 

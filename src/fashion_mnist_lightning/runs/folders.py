@@ -28,7 +28,7 @@ from lightning.pytorch.loggers import CSVLogger
 
 from fashion_mnist_lightning.errors import UserError
 from fashion_mnist_lightning.runs.checkpoint_io import LAST, CheckpointError, atomic_write_text, read_checkpoint, run_of
-from fashion_mnist_lightning.runs.loggers import logger_init_args, mlflow_init_args
+from fashion_mnist_lightning.runs.loggers import logger_init_args, logger_root, mlflow_init_args
 
 EVALUATIONS = "evaluations"
 VERSION = re.compile(r"version_(\d+)")
@@ -147,13 +147,13 @@ def named_run(config) -> Path | None:
     version = None if init is None else init.get("version")
     if version is None:
         return None
-    root = Path(init.get("save_dir") or ".") / (init.get("name") or "")
-    return root / (f"version_{version}" if isinstance(version, int) else str(version))
+    return logger_root(config) / (f"version_{version}" if isinstance(version, int) else str(version))
 
 
-def refuse_to_overwrite(subcommand: str, config, resumed_run: Path | None) -> None:
-    """A fresh fit into a named run that already holds checkpoints would replace them: continue it instead."""
-    named = named_run(config) if subcommand == "fit" and resumed_run is None and not config.get("ckpt_path") else None
+def refuse_to_overwrite(subcommand: str, config) -> None:
+    """A fresh fit (no --ckpt_path) into a named run that already holds checkpoints would replace them: continue
+    it instead."""
+    named = named_run(config) if subcommand == "fit" and not config.get("ckpt_path") else None
     if named is not None and any((named / "checkpoints").glob("*.ckpt")):
         raise ResumeError(
             f"{named} already holds a run's checkpoints, which a fresh fit would replace; continue that run with "
@@ -170,11 +170,11 @@ def prepare_run_folder(subcommand: str, config, resumed_run: Path | None) -> Non
     mlflow = mlflow_init_args(config)
     if mlflow is not None:
         return prepare_mlflow_run(subcommand, config, mlflow, resumed_run)
-    refuse_to_overwrite(subcommand, config, resumed_run)  # on every rank alike: all of them stop
+    refuse_to_overwrite(subcommand, config)  # on every rank alike: all of them stop
     init = logger_init_args(config)
     if init is None or rank_zero_only.rank != 0 or config.trainer.get("fast_dev_run"):
         return None
-    root = Path(init.get("save_dir") or ".") / (init.get("name") or "")
+    root = logger_root(config)
     if subcommand == "fit" and resumed_run is not None:
         number = VERSION.fullmatch(resumed_run.name)  # continue the same run: version_N, or a name (slurm_<job>)
         init.version = int(number.group(1)) if number else resumed_run.name
