@@ -253,29 +253,49 @@ def test_two_workers_share_a_real_postgresql_study(workspace, postgres):
     assert len(rows(workspace, "tiny")) == len(done)
 
 
-def test_the_dashboard_serves_the_study(workspace):
+def test_the_dashboard_serves_the_study_and_a_sigterm_mid_request_stops_it(workspace):
+    import json
+    import threading
+    import urllib.request
+
     path = sweep_file(workspace, n_trials=1)
     workspace.run(f"fashion-mnist sweep --config {path.name}", timeout=600)
     port = free_port()
+    url = f"http://localhost:{port}/api/studies"
     process, log = workspace.start(f"fashion-mnist sweep --config {path.name} --dashboard {port}")
     try:
-        import json
-        import urllib.request
-
         deadline = time.monotonic() + 90
         while True:
             assert process.poll() is None, log.read_text()[-1500:]
             try:
-                with urllib.request.urlopen(f"http://localhost:{port}/api/studies", timeout=5) as response:
+                with urllib.request.urlopen(url, timeout=5) as response:
                     studies = json.loads(response.read())["study_summaries"]
                     break
             except OSError:
                 assert time.monotonic() < deadline, "the dashboard did not serve within 90 s"
                 time.sleep(0.5)
         assert [s["study_name"] for s in studies] == ["tiny"]
-    finally:
+        busy = workspace.run(f"fashion-mnist sweep --config {path.name} --dashboard {port}", timeout=120, expect=2)
+        assert f"port {port}" in busy.output
+
+        def load() -> None:  # requests in flight when the signal lands (a stop swallowed there hung the server)
+            for _ in range(200):
+                try:
+                    urllib.request.urlopen(url, timeout=2).read()
+                except OSError:
+                    return
+
+        clients = [threading.Thread(target=load, daemon=True) for _ in range(3)]
+        for client in clients:
+            client.start()
+        time.sleep(0.5)
         os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=30)
+        assert process.wait(timeout=20) == 0, log.read_text()[-1500:]
+        assert "stopped: the dashboard" in log.read_text() and "Traceback" not in log.read_text()
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=30)
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "configs/sweeps").glob("*.yaml")))

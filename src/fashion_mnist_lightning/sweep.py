@@ -34,10 +34,13 @@ import signal
 import socket
 import statistics
 import sys
+import threading
 import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from socketserver import ThreadingMixIn
+from wsgiref.simple_server import WSGIServer, make_server
 
 import yaml
 from lightning.pytorch.callbacks import Callback
@@ -630,17 +633,42 @@ def write_best_yaml(sweep: Sweep, best) -> None:
 # ----------------------------------------------------------------------------------------------------
 
 
+class DashboardServer(ThreadingMixIn, WSGIServer):
+    """Each request in a thread of its own; a SIGTERM or Ctrl-C asks the serving loop to end. (With
+    optuna-dashboard's run_server a stop raised wherever the main thread was, often in a request, where wsgiref's
+    error handler swallowed it, and the next SIGTERM was ignored as a repeat: the server never exited.)"""
+
+    daemon_threads = True
+
+    def serve_until_stopped(self) -> None:
+        def stop(signum: int, frame) -> None:
+            threading.Thread(target=self.shutdown, daemon=True).start()  # shutdown() waits for the loop
+
+        previous = {signum: signal.signal(signum, stop) for signum in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            self.serve_forever()
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+
 def dashboard(sweep: Sweep, port: int) -> None:
     try:
-        from optuna_dashboard import run_server
+        from optuna_dashboard import wsgi
     except ImportError:
         raise SweepError(
             "the dashboard needs optuna-dashboard: pip install -e '.[dashboard]' (make install has it)"
         ) from None
     storage = make_storage(sweep)
     open_study(sweep, storage=storage)
-    print(f"Optuna dashboard for {sweep.study_name!r}: http://localhost:{port}", flush=True)
-    run_server(storage, host="localhost", port=port)
+    try:
+        server = make_server("localhost", port, wsgi(storage), server_class=DashboardServer)
+    except OSError as err:
+        raise SweepError(f"cannot serve the dashboard on port {port} ({err.strerror}): pass another port") from None
+    with server:
+        print(f"Optuna dashboard for {sweep.study_name!r}: http://localhost:{port}", flush=True)
+        server.serve_until_stopped()
+    print("stopped: the dashboard (the study is unchanged)", file=sys.stderr, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
