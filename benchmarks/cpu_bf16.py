@@ -7,7 +7,6 @@ pass --trainer.precision 32-true. This measures by how much, and records which C
 """
 
 import json
-import platform
 import statistics
 import sys
 import time
@@ -18,16 +17,10 @@ import torch
 import torch.nn.functional as F
 
 from fashion_mnist_lightning.network import AirNet
-from fashion_mnist_lightning.runs.precision import CPUINFO, cpu_has_bf16
+from fashion_mnist_lightning.runs.precision import cpu_has_bf16, cpu_model
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BATCH, STEPS, WARMUP = 512, 5, 2
-
-
-def cpu_model() -> str:
-    lines = CPUINFO.read_text().splitlines() if CPUINFO.exists() else []
-    names = (line.partition(":")[2].strip() for line in lines if line.startswith("model name"))
-    return next(names, platform.processor())
 
 
 def seconds_per_step(bf16: bool) -> list[float]:

@@ -14,7 +14,6 @@ Then, with `fashion-mnist` as a user runs it (configs/folder.yaml, grey 28x28):
 
 import argparse
 import json
-import platform
 import re
 import statistics
 import subprocess
@@ -22,6 +21,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from fashion_mnist_lightning.runs.precision import cpu_model
 
 ROOT = Path(__file__).resolve().parents[1]
 FASHION_MNIST = Path(sys.executable).with_name("fashion-mnist")
@@ -33,13 +34,6 @@ FINETUNE = (
     "--model.init_weights {weights} --model.backbone_lr_scale 0.1 "
     "--trainer.callbacks+=fashion_mnist_lightning.finetune.FreezeBackbone --trainer.callbacks.epochs 3"
 )
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
 
 
 def write_folders(base: Path) -> None:

@@ -14,22 +14,16 @@ epoch over an in-memory copy of the images, which that limit kills.
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from fashion_mnist_lightning.runs.precision import cpu_model
+
 ROOT = Path(__file__).resolve().parents[1]
 CGROUP = Path("/sys/fs/cgroup/memory")
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
 
 
 def memory() -> dict[str, int]:

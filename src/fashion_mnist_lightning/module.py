@@ -34,7 +34,8 @@ TTA_VIEWS = {
 
 
 def tta_views(name: str, images: torch.Tensor, mirror: bool) -> list[tuple[float, torch.Tensor]]:
-    """(weight, view) pairs of ``images`` (N, C, H, W) for the test-time augmentation ``name``."""
+    """(weight, view) pairs of ``images`` (N, C, H, W) for the test-time augmentation ``name``; the first view is
+    the image itself."""
     views = [(w, m, d) for w, m, d in TTA_VIEWS[name] if mirror or not m]
     total = sum(w for w, _, _ in views)
     made = []
@@ -152,6 +153,9 @@ class FashionMNISTClassifier(L.LightningModule):
         tta: Literal["none", "flip", "flip_shift"] = "none",  # evaluation (val/test/predict) averages the logits
         # of several views of each image: "flip" = image and mirror; "flip_shift" = those two (weight 1/2) and both
         # shifted by one pixel along the diagonal, each way (weight 1/2)
+        tta_below: float = 1.0,  # selective test-time views: only an image whose plain view gives its top class a
+        # probability below this gets the other views; the rest keep the plain view's logits. 1 = every image all
+        # views. Per image, so a prediction never depends on the other images of its batch
         mirror: bool = True,  # linked from the data (false when data.hflip is false): whether an image and its
         # mirror are the same class; false drops the mirrored test-time views, so one setting says "never mirror"
         norm_lr_scale: float = 1.0,  # learning-rate multiplier for the normalisation layers' parameters (airbench: 64)
@@ -169,6 +173,8 @@ class FashionMNISTClassifier(L.LightningModule):
         super().__init__()
         if not 0 <= label_smoothing < 1:
             raise ValueError(f"--model.label_smoothing must be in [0, 1), got {label_smoothing}")
+        if not 0 < tta_below <= 1:
+            raise ValueError(f"--model.tta_below must be a probability in (0, 1], got {tta_below}")
         for name, scale in (("norm_lr_scale", norm_lr_scale), ("backbone_lr_scale", backbone_lr_scale)):
             if scale <= 0:
                 raise ValueError(f"--model.{name} must be > 0, got {scale}")
@@ -187,7 +193,7 @@ class FashionMNISTClassifier(L.LightningModule):
         self.class_names = check_classes(self.network, self.example_input_array, class_names)
         self.compile_network = compile
         self.channels_last = channels_last
-        self.tta, self.mirror, self.norm_lr_scale = tta, mirror, norm_lr_scale
+        self.tta, self.tta_below, self.mirror, self.norm_lr_scale = tta, tta_below, mirror, norm_lr_scale
         self.init_weights, self.backbone_lr_scale = init_weights, backbone_lr_scale
         self.register_buffer("loss_weights", loss_weights(class_weights, class_counts, len(self.class_names)), False)
 
@@ -214,13 +220,33 @@ class FashionMNISTClassifier(L.LightningModule):
         return self.network(images)  # (N, C, H, W) float in [0, 1] -> (N, classes) logits
 
     def evaluate(self, images: torch.Tensor) -> torch.Tensor:
-        """Logits for evaluation: the weighted mean of the logits of the views ``tta`` names. (N, classes). Few images
-        (a served request) go through the network as one batch of all views (V*N, C, H, W): one forward pass
-        instead of V small ones; a large evaluation batch view by view, which is faster there."""
-        weights, views = zip(*tta_views(self.tta, images, self.mirror))
+        """Logits for evaluation (N, classes): the weighted mean of the logits of the views ``tta`` names; with
+        ``tta_below`` under 1, only for the images the plain view is unsure of."""
+        if self.tta == "none" or self.tta_below >= 1:
+            return self.mean_of_views(images)
+        plain = self(images)  # (N, classes)
+        doubtful = (plain.softmax(dim=1).amax(dim=1) < self.tta_below).nonzero().flatten()  # (D,) image indices
+        if len(doubtful) == 0:
+            return plain
+        logits = plain.clone()
+        logits[doubtful] = self.mean_of_views(images[doubtful], plain[doubtful]).to(logits.dtype)
+        return logits
+
+    def mean_of_views(self, images: torch.Tensor, plain: torch.Tensor | None = None) -> torch.Tensor:
+        """(N, classes): the views' weighted mean logits, the plain view's taken from ``plain`` when given. Few
+        images (a served request) go through the network as one batch of all views (V*N, C, H, W): one forward
+        pass instead of V small ones; a large evaluation batch view by view, which is faster there."""
+        weighted = tta_views(self.tta, images, self.mirror)
+        mean = 0
+        if plain is not None:
+            (weight, _), weighted = weighted[0], weighted[1:]
+            mean = weight * plain
+        weights, views = zip(*weighted)
         if len(views) > 1 and len(views) * len(images) <= ONE_PASS_TTA_IMAGES:
-            return sum(w * part for w, part in zip(weights, self(torch.cat(views)).split(len(images))))
-        return sum(w * self(view) for w, view in zip(weights, views))
+            parts = self(torch.cat(views)).split(len(images))
+        else:
+            parts = (self(view) for view in views)
+        return mean + sum(w * part for w, part in zip(weights, parts))
 
     # ------------------------------------------------------------------------------------------------
     # steps

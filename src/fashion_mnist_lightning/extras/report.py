@@ -247,7 +247,8 @@ def write_report(ckpt_path: Path, data_dir: Path | None = None, output: Path | N
             figure.savefig(output / name, dpi=110)
     write_table(output / "per_class.csv", names, table)
     epoch = int(checkpoint.get("epoch", -1))
-    (output / "report.md").write_text(markdown(ckpt_path, epoch, names, matrix, table, curves, model.tta))
+    views = model.tta if model.tta_below >= 1 else f"{model.tta} where the top probability < {model.tta_below}"
+    (output / "report.md").write_text(markdown(ckpt_path, epoch, names, matrix, table, curves, views))
     return output
 
 

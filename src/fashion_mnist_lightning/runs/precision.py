@@ -3,6 +3,7 @@ float32 (AirNet, batch 512, 2 AVX2 cores: 8.22 s vs 0.73 s, benchmarks/cpu_bf16.
 that has them (strong.yaml) would then take hours instead of minutes; this says so once, with the fix, and changes
 nothing by itself."""
 
+import platform
 import sys
 from pathlib import Path
 
@@ -10,6 +11,13 @@ from pathlib import Path
 # and later), Arm's FEAT_BF16 (Graviton 3, Apple M2 and later)
 BF16_FLAGS = {"avx512_bf16", "amx_bf16", "bf16"}
 CPUINFO = Path("/proc/cpuinfo")
+
+
+def cpu_model(cpuinfo: Path = CPUINFO) -> str:
+    """The CPU's model name (what every benchmark figure is recorded with)."""
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
+    names = (line.partition(":")[2].strip() for line in lines if line.startswith("model name"))
+    return next(names, platform.processor())
 
 
 def cpu_has_bf16(cpuinfo: Path = CPUINFO) -> bool | None:

@@ -121,7 +121,8 @@ def serve(args: argparse.Namespace, model: FashionMNISTClassifier, ckpt_path: Pa
 
     shape = list(model.image_shape)  # (C, H, W)
     info = {"model": type(model.network).__name__, "checkpoint": str(ckpt_path.resolve()), "class_names":
-            list(model.class_names), "input_shape": shape, "tta": model.tta, "version": __version__}  # fmt: skip
+            list(model.class_names), "input_shape": shape, "tta": model.tta, "tta_below": model.tta_below,
+            "version": __version__}  # fmt: skip
     uploads = {"path": "/predict", "shape": shape, "fashion_like": fashion_like, "max_images": args.max_images,
                "max_pixels": args.max_pixels, "max_bytes": int(args.max_upload_mb * 1e6)}  # fmt: skip
     api = ClassifierAPI(
