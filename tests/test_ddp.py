@@ -118,6 +118,8 @@ def test_any_config_plus_the_readme_ddp_flags_runs_the_strong_recipe_with_its_we
     [run] = workspace.runs()
     saved = torch.load(run / "checkpoints/last.ckpt", weights_only=True)
     assert saved["lookahead"]["average"]["n_averaged"] > 0 and (run / "confusion_matrix_test.png").is_file()
+    assert any(g.get("muon") for g in saved["optimizer_states"][0]["param_groups"])  # its MuonSGD, under DDP
+    assert saved["hyper_parameters"]["tta_below"] < 1  # and its selective test-time views, in the test after fit
 
 
 def test_a_stuck_peer_ends_in_an_error_after_the_collective_timeout(workspace):

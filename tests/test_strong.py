@@ -1,7 +1,7 @@
 """configs/strong.yaml at toy size, as users run it: AirNet with its callbacks (whitening from data, a whitening
 bias that freezes early, lookahead) trains well above chance, repeats exactly with its seed, and a run stopped by a
 signal mid-epoch, after the lookahead has started and the bias has frozen, resumes to the bit-identical end (live
-weights, averaged weights, optimizer)."""
+weights, averaged weights, optimizer: Muon's momentum for the filters and SGD's for the rest)."""
 
 import shutil
 import signal
@@ -60,6 +60,8 @@ def test_a_strong_run_stopped_mid_epoch_during_lookahead_resumes_bit_identically
     run = workspace.runs()[0]
     stopped = torch.load(run / "checkpoints/last.ckpt", weights_only=True)
     assert 50 <= stopped["global_step"] < 80 and stopped["lookahead"]["average"]["n_averaged"] > 0
+    [muon] = [g for g in stopped["optimizer_states"][0]["param_groups"] if g.get("muon")]  # MuonSGD's filters
+    assert all("momentum_buffer" in stopped["optimizer_states"][0]["state"][i] for i in muon["params"])
 
     workspace.run(f"{TINY} --trainer.max_epochs=2 --ckpt_path last")
     assert same_weights(states(tmp_path / "straight/checkpoints/last.ckpt"), states(run / "checkpoints/last.ckpt"))
