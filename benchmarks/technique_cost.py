@@ -30,7 +30,7 @@ from fashion_mnist_lightning.runs.precision import cpu_model
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 REPS, STEPS, WARMUP, BATCH = 7, 20, 3, 640
-SGD = dict(lr=0.05, momentum=0.85, nesterov=True, weight_decay=0.00104)  # strong.yaml's
+SGD = dict(lr=0.05, momentum=0.85, nesterov=True, weight_decay=0.00104)  # strong.yaml's, at a fixed lr
 OPTIMIZERS = {
     "Nesterov SGD (strong.yaml before issue #36)": functools.partial(torch.optim.SGD, **SGD),
     "MuonSGD (filters by Muon, 3 Newton-Schulz steps)": functools.partial(MuonSGD, **SGD, muon_lr_ratio=0.1),
@@ -68,19 +68,17 @@ def ms_per_step(make_optimizer) -> float:
     return 1000 * (time.perf_counter() - start) / STEPS
 
 
-def evaluation(ckpt_path: Path, below: float) -> tuple[float, int, float]:
-    """Seconds, images through the network and accuracy for the 10k test images in batches of 1000 (the test
-    loader's), under bf16 autocast as the recipe's Trainer runs them."""
-    model = module(ckpt_path).eval()
+def evaluation(model: FashionMNISTClassifier, below: float, images, labels) -> tuple[float, int, float]:
+    """Seconds, images through the network and accuracy for the test images (N, 1, 28, 28) in batches of 1000 (the
+    test loader's), under bf16 autocast as the recipe's Trainer runs them."""
     model.tta_below = below
     seen = []
-    model.network.register_forward_hook(lambda net, args, out: seen.append(len(args[0])))
-    arrays = load_cache(ROOT / "data")
-    images, labels = arrays["test_images"].unsqueeze(1).float().div(255), arrays["test_labels"]  # (10000, 1, 28, 28)
+    hook = model.network.register_forward_hook(lambda net, args, out: seen.append(len(args[0])))
     start = time.perf_counter()
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         logits = torch.cat([model.evaluate(batch) for batch in images.split(1000)])  # (10000, classes)
     seconds = time.perf_counter() - start
+    hook.remove()
     return seconds, sum(seen), (logits.argmax(1) == labels).float().mean().item()
 
 
@@ -89,6 +87,9 @@ def main() -> None:
     parser.add_argument("--ckpt_path", type=Path, required=True, help="a checkpoint of configs/strong.yaml's AirNet")
     args = parser.parse_args()
     keep_freed_memory()  # as the CLI does
+    trained = module(args.ckpt_path).eval()
+    arrays = load_cache(ROOT / "data")
+    images, labels = arrays["test_images"].unsqueeze(1).float().div(255), arrays["test_labels"]  # (10000, 1, 28, 28)
     steps = {name: [] for name in OPTIMIZERS}
     evals = {name: [] for name in VIEWS}
     passes, accuracy = {}, {}
@@ -96,7 +97,7 @@ def main() -> None:
         for name, make in OPTIMIZERS.items():
             steps[name].append(round(ms_per_step(make), 1))
         for name, below in VIEWS.items():
-            seconds, passes[name], accuracy[name] = evaluation(args.ckpt_path, below)
+            seconds, passes[name], accuracy[name] = evaluation(trained, below, images, labels)
             evals[name].append(round(seconds, 2))
     record = {
         "cpu": cpu_model(),
