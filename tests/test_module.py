@@ -1,10 +1,13 @@
-"""The LightningModule: learning, metrics against a manual count, parameter groups, checkpoint round trip."""
+"""The LightningModule: learning, metrics against a manual count, parameter groups, checkpoint round trip, the
+logging that only the seen steps pay for."""
 
 from functools import partial
 
 import pytest
 import torch
-from lightning import Trainer
+from lightning import Callback, Trainer, seed_everything
+from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.loggers import TensorBoardLogger
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -157,3 +160,62 @@ def test_training_metrics_are_in_the_checkpoint_state():
     keys = FashionMNISTClassifier().state_dict().keys()
     assert {"train_loss.mean_value", "train_acc.tp", "val_acc_best.max_value"} <= keys
     assert not any(k.startswith(("val_acc.", "test_acc.")) for k in keys)
+
+
+class EveryStepLogging(FashionMNISTClassifier):
+    """The training step before the cheaper path: the loss metric's forward and a self.log at every step."""
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        loss, logits, labels = self.model_step(batch)
+        self.train_loss(loss, len(labels))
+        self.train_acc.update(logits.argmax(dim=1), labels)
+        self.log("train/loss", self.train_loss, on_step=True, on_epoch=True, prog_bar=True)
+        return loss
+
+
+class BarRecorder(Callback):
+    """What the progress bar shows at each of its refreshes (it refreshes in its own on_train_batch_end, before)."""
+
+    def __init__(self):
+        self.shown: list[tuple[int, dict]] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        bar = trainer.progress_bar_callback
+        if (batch_idx + 1) % bar.refresh_rate == 0 or batch_idx + 1 == trainer.num_training_batches:
+            self.shown.append((trainer.global_step, dict(bar.get_metrics(trainer, pl_module))))
+
+
+def logged_run(folder, module_class) -> tuple[dict, list, dict, dict]:
+    """Two epochs of 22 batches (the last one partial) logged every 5 steps, the bar refreshed every 3: the
+    TensorBoard scalars, what the bar showed, the end's callback metrics and the last checkpoint's state."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    seed_everything(0)
+    images, labels = torch.rand(700, 1, 28, 28), torch.randint(0, 10, (700,))
+    loader = DataLoader(TensorDataset(images, labels), batch_size=32, shuffle=True)
+    val = DataLoader(TensorDataset(images[:64], labels[:64]), batch_size=32)
+    model = module_class(network=VGGNet(width=4), optimizer=partial(torch.optim.SGD, lr=0.05, momentum=0.9))
+    bar = BarRecorder()
+    trainer = Trainer(
+        accelerator="cpu", max_epochs=2, log_every_n_steps=5, logger=TensorBoardLogger(folder, name="", version=0),
+        callbacks=[TQDMProgressBar(refresh_rate=3), bar, ModelCheckpoint(folder, filename="last")],
+        enable_model_summary=False,
+    )  # fmt: skip
+    trainer.fit(model, loader, val)
+    events = EventAccumulator(str(folder / "version_0"), size_guidance={"scalars": 0})
+    events.Reload()
+    scalars = {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+    metrics = {k: v.item() for k, v in trainer.callback_metrics.items()}
+    return scalars, bar.shown, metrics, torch.load(folder / "last.ckpt", weights_only=True)["state_dict"]
+
+
+def test_logging_only_the_steps_that_are_seen_logs_shows_and_saves_what_logging_every_step_did(tmp_path):
+    cheap = logged_run(tmp_path / "cheap", FashionMNISTClassifier)
+    every = logged_run(tmp_path / "every", EveryStepLogging)
+    scalars, shown, metrics, state = cheap
+    assert scalars == every[0]  # every key, step and value
+    assert [step for step, _ in scalars["train/loss_step"]] == [4, 9, 14, 19, 24, 29, 34, 39]  # every 5th step
+    assert len(scalars["train/loss_epoch"]) == len(scalars["train/acc"]) == 2
+    assert shown == every[1] and len(shown) == 2 * 8 and all("train/loss_step" in m for _, m in shown)
+    assert metrics == every[2] and {"train/loss", "train/loss_epoch", "train/acc", "val/acc"} <= metrics.keys()
+    assert state.keys() == every[3].keys() and all(torch.equal(state[k], every[3][k]) for k in state)
