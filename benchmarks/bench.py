@@ -7,6 +7,12 @@
   (d) peer      - benchmarks/peer_path.py: the same LightningModule fed the usual way (torchvision + ToTensor)
 
 Each repetition runs every path once, in turn, for 2 epochs; the second (steady-state) epoch is the figure.
+
+Then the template against its own step run bare (benchmarks/bare_step.py: the objects `fashion-mnist fit` builds,
+in a plain loop) and against Lightning's floor (`bare_step.py --floor`: the same step in a LightningModule with
+nothing else, a Trainer with everything off), for the default and the strong recipe, 3 epochs each, interleaved;
+the second epoch's training steps and its whole (start to the next epoch's start) are the figures. Then one run
+of each of the template and the floor under Lightning's SimpleProfiler: the table of where the extra time goes.
 Also: the data loader alone, time to the first training step, predict throughput and peak memory, the
 NumPy reference's forward over the 10k test images, and a cProfile summary of the template's epoch.
 Writes benchmarks/results/bench.json and bench.md. Fails only on errors, never on a ratio.
@@ -19,6 +25,7 @@ import json
 import os
 import platform
 import pstats
+import re
 import statistics
 import subprocess
 import sys
@@ -28,6 +35,9 @@ from datetime import date
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+from fashion_mnist_lightning.runs.precision import cpu_model  # noqa: E402
+
 BENCH = ROOT / "benchmarks"
 RESULTS = BENCH / "results"
 ANCHORS = BENCH / "anchors"  # the baseline loops, as shipped with the project brief (shared/anchors)
@@ -156,6 +166,92 @@ def epoch_paths(args, data_dir: Path, logs: Path, log: Path) -> dict[str, list[f
             times[name].append(epochs[-1])
             print(f"rep {rep + 1}/{args.reps} {name:9s} epoch {epochs[-1]:.2f} s", flush=True)
     return times
+
+
+# ----------------------------------------------------------------------------------------------------
+# the template against its own step run bare (issue #37)
+
+RECIPES = {"default": "configs/default.yaml", "strong": "configs/strong.yaml"}
+OWN_EPOCHS = 3  # per run; the second is measured (the first pays warm-up, the last has no next epoch to end at)
+OWN_SMOKE_LIMITS: list[str] = []  # --smoke: a few batches per epoch
+
+
+def own_step_runs(recipe: str, path: str, logs: Path, log: Path, *extra: str) -> list[dict]:
+    """One run of ``path`` (template | bare | floor) on ``recipe``: its JSON records."""
+    limits = [f"--trainer.max_epochs={OWN_EPOCHS}", *OWN_SMOKE_LIMITS, *extra]
+    out = Path(tempfile.mktemp(suffix=".jsonl"))
+    if path == "template":
+        cmd = template_cmd(logs, *limits)
+        cmd[cmd.index("configs/default.yaml")] = RECIPES[recipe]
+        run(cmd, {"BENCH_OUT": str(out)}, log)
+        return records(out)
+    save = f"--trainer.logger.init_args.save_dir={logs}"
+    floor = ["--floor"] if path == "floor" else []
+    stdout, _, _ = run([PY, str(BENCH / "bare_step.py"), *floor, "--config", RECIPES[recipe], save, *limits], None, log)
+    return [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+
+
+def second_epoch(rows: list[dict]) -> dict:
+    """{"train_s", "whole_s"} of the second epoch, from the template's BenchTimer or the bare loops' records."""
+    mine = [r for r in rows if r.get("epoch") == 1]
+    if any("loop" in r for r in mine):  # the template: training steps as epoch_s, the whole epoch as whole_s
+        return {
+            "train_s": next(r["epoch_s"] for r in mine if "epoch_s" in r),
+            "whole_s": next(r["whole_s"] for r in mine if "whole_s" in r),
+        }
+    return {"train_s": mine[0]["train_s"], "whole_s": mine[0]["epoch_s"]}
+
+
+def own_step(args, logs: Path, log: Path) -> dict:
+    """Template, bare and floor on each recipe, interleaved (the order turned around every repetition)."""
+    result = {}
+    for recipe in RECIPES:
+        paths = ["template", "bare", "floor"]
+        times = {p: [] for p in paths}
+        for rep in range(args.reps):
+            for path in paths if rep % 2 == 0 else paths[::-1]:
+                times[path].append(second_epoch(own_step_runs(recipe, path, logs, log)))
+                t = times[path][-1]
+                print(f"rep {rep + 1}/{args.reps} {recipe:7s} {path:8s} train {t['train_s']:.2f} s, "
+                      f"whole epoch {t['whole_s']:.2f} s", flush=True)  # fmt: skip
+        median = {p: {k: statistics.median(t[k] for t in v) for k in ("train_s", "whole_s")} for p, v in times.items()}
+        result[recipe] = {
+            "runs": times,
+            "median": median,
+            "template_over_bare": {k: median["template"][k] / median["bare"][k] for k in ("train_s", "whole_s")},
+            "floor_over_bare": {k: median["floor"][k] / median["bare"][k] for k in ("train_s", "whole_s")},
+        }
+    return result
+
+
+def short_action(action: str) -> str:
+    """Lightning's SimpleProfiler names, comparable between the two runs: ModelCheckpoint{'monitor': ...}.hook ->
+    ModelCheckpoint.hook, [LightningModule]FashionMNISTClassifier.hook / [LightningModule]StepOnly.hook and the
+    DataModule's -> [module].hook (the floor's module does the DataModule's on_after_batch_transfer itself)."""
+    action = re.sub(r"\{.*\}", "", action).replace("SingleDeviceStrategy", "Strategy")
+    return re.sub(r"\[Lightning(Data)?Module\]\w+", "[module]", action)
+
+
+def where_the_time_goes(logs: Path, log: Path, recipe: str = "default") -> dict:
+    """The template and the floor under Lightning's SimpleProfiler (2 epochs): every action's seconds per epoch
+    in each, and the difference, largest first; the set-up done once (per "once") after the rest. The profiler adds
+    a few microseconds to every action it times."""
+    profiles = {}
+    for path in ("template", "floor"):
+        rows = own_step_runs(recipe, path, logs, log, "--trainer.profiler=simple", f"--trainer.max_epochs={EPOCHS}")
+        profiles[path] = next(r["profile"] for r in rows if "profile" in r)
+    epochs, steps = EPOCHS, profiles["floor"]["run_training_batch"][0]  # the training steps of the run
+    table = {}
+    for path, profile in profiles.items():
+        for action, (calls, seconds) in profile.items():
+            row = table.setdefault(short_action(action), {"calls": 0, "template": 0.0, "floor": 0.0})
+            row[path] += seconds / epochs
+            row["calls"] = max(row["calls"], calls)
+    for row in table.values():
+        row["extra"] = row["template"] - row["floor"]
+        row["per"] = "step" if row["calls"] >= steps else "epoch" if row["calls"] >= epochs else "once"
+    ranked = dict(sorted(table.items(), key=lambda item: (item[1]["per"] == "once", -abs(item[1]["extra"]))))
+    return {"recipe": recipe, "epochs": epochs, "steps_per_epoch": steps // epochs, "actions": ranked}
 
 
 def loader_epoch(batch_size: int) -> float:
@@ -338,11 +434,17 @@ def main() -> None:
         "first 6,000 images), profiles of a few batches and a 20-batch `make train`: checks that every step runs; "
         "results go to benchmarks/results/smoke/, not over the real ones",
     )
+    p.add_argument(
+        "--own-step-only",
+        action="store_true",
+        help="only the template against its own bare step and Lightning's floor, and where the time goes",
+    )
     args = p.parse_args()
-    global RESULTS, EPOCHS, SMOKE_LIMITS
+    global RESULTS, EPOCHS, SMOKE_LIMITS, OWN_SMOKE_LIMITS
     if args.smoke:
         args.reps, RESULTS, EPOCHS = 1, RESULTS / "smoke", 1
         SMOKE_LIMITS = [f"--trainer.limit_train_batches={SMOKE_BATCHES}"]
+        OWN_SMOKE_LIMITS = ["--trainer.limit_train_batches=3", "--trainer.limit_val_batches=1"]
         IMAGES.update(
             template=SMOKE_BATCHES * args.batch_size, raw=SMOKE_IMAGES[0], seed=SMOKE_IMAGES[0], peer=SMOKE_IMAGES[0]
         )
@@ -352,6 +454,21 @@ def main() -> None:
     logs = Path(tempfile.mkdtemp(prefix="bench-logs-"))
     data_dir = smoke_subset(raw_data_dir(), logs / "smoke-data") if args.smoke else raw_data_dir()
 
+    own = {
+        "date": date.today().isoformat(),
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "command": "make bench" + (" ARGS=--smoke" if args.smoke else ""),
+        "reps": args.reps,
+        "epochs_per_run": OWN_EPOCHS,
+        **own_step(args, logs, log),
+        "where": where_the_time_goes(logs, log),
+    }
+    (RESULTS / "own_step.json").write_text(json.dumps(own, indent=2) + "\n")
+    (RESULTS / "own_step.md").write_text(own_step_markdown(own))
+    print(own_step_markdown(own), flush=True)
+    if args.own_step_only:
+        return
     times = epoch_paths(args, data_dir, logs, log)
     summary = {
         name: {
@@ -366,8 +483,7 @@ def main() -> None:
     per_image = {name: s["median_us_per_image"] for name, s in summary.items()}
     result = {
         "date": date.today().isoformat(),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.processor() or 'cpu'}, "
-        f"Python {platform.python_version()}",
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {cpu_model()}, Python {platform.python_version()}",
         "batch_size": args.batch_size,
         "reps": args.reps,
         "epochs": summary,
@@ -386,6 +502,46 @@ def main() -> None:
     (RESULTS / "bench.json").write_text(json.dumps(result, indent=2) + "\n")
     (RESULTS / "bench.md").write_text(markdown(result))
     print(markdown(result))
+
+
+def own_step_markdown(r: dict) -> str:
+    lines = [
+        f"The template against its own step run bare, {r['date']}, {r['cpu']} ({r['cores']} cores); `{r['command']}`: "
+        f"{r['reps']} interleaved repetitions of {r['epochs_per_run']}-epoch runs, medians of the second epoch.",
+        "",
+        "| recipe | path | training steps (s) | whole epoch (s) | / bare: steps | / bare: whole epoch |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    labels = {
+        "template": "template (`fashion-mnist fit`: default callbacks, logger, progress bar, checkpoints)",
+        "bare": "its own step, bare (`benchmarks/bare_step.py`)",
+        "floor": "Lightning's floor (`bare_step.py --floor`: the step alone in a LightningModule)",
+    }
+    for recipe in RECIPES:
+        median = r[recipe]["median"]
+        bare = median["bare"]
+        for path, label in labels.items():
+            m = median[path]
+            lines.append(
+                f"| {recipe} | {label} | {m['train_s']:.2f} | {m['whole_s']:.2f} | "
+                f"{m['train_s'] / bare['train_s']:.3f}x | {m['whole_s'] / bare['whole_s']:.3f}x |"
+            )
+    where = r["where"]
+    lines += [
+        "",
+        f"Where the template's extra time goes ({where['recipe']} recipe, {where['steps_per_epoch']} steps per epoch; "
+        "Lightning's SimpleProfiler in one run of the template and one of the floor, "
+        f"{where['epochs']} epochs): ms per epoch, largest difference first",
+        "",
+        "| action (SimpleProfiler) | per | template | floor | extra |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for action, row in [item for item in where["actions"].items() if item[1]["per"] != "once"][:16]:
+        lines.append(
+            f"| {action} | {row['per']} | {1e3 * row['template']:.1f} | {1e3 * row['floor']:.1f} "
+            f"| {1e3 * row['extra']:+.1f} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def markdown(r: dict) -> str:
