@@ -10,6 +10,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
+from torchmetrics.classification import MulticlassF1Score
 
 from fashion_mnist_lightning.callbacks import ConfusionMatrixLogger
 from fashion_mnist_lightning.module import FashionMNISTClassifier
@@ -163,7 +164,8 @@ def test_training_metrics_are_in_the_checkpoint_state():
 
 
 class EveryStepLogging(FashionMNISTClassifier):
-    """The training step before the cheaper path: the loss metric's forward and a self.log at every step."""
+    """The steps before the cheaper paths: in training the loss metric's forward and a self.log at every step, in
+    validation the metrics logged at every batch."""
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         loss, logits, labels = self.model_step(batch)
@@ -171,6 +173,18 @@ class EveryStepLogging(FashionMNISTClassifier):
         self.train_acc.update(logits.argmax(dim=1), labels)
         self.log("train/loss", self.train_loss, on_step=True, on_epoch=True, prog_bar=True)
         return loss
+
+    def validation_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
+        outputs = super().validation_step(batch, batch_idx)
+        self.log("val/loss", self.val_loss, prog_bar=True)
+        self.log("val/acc", self.val_acc, prog_bar=True)
+        self.log_dict(self.val_metrics)
+        return outputs
+
+    def on_validation_epoch_end(self) -> None:
+        if not self.trainer.sanity_checking:
+            self.val_acc_best(self.val_acc.compute())
+            self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True)
 
 
 class BarRecorder(Callback):
@@ -194,7 +208,11 @@ def logged_run(folder, module_class) -> tuple[dict, list, dict, dict]:
     images, labels = torch.rand(700, 1, 28, 28), torch.randint(0, 10, (700,))
     loader = DataLoader(TensorDataset(images, labels), batch_size=32, shuffle=True)
     val = DataLoader(TensorDataset(images[:64], labels[:64]), batch_size=32)
-    model = module_class(network=VGGNet(width=4), optimizer=partial(torch.optim.SGD, lr=0.05, momentum=0.9))
+    model = module_class(
+        network=VGGNet(width=4),
+        optimizer=partial(torch.optim.SGD, lr=0.05, momentum=0.9),
+        metrics={"f1": partial(MulticlassF1Score, average="macro")},
+    )
     bar = BarRecorder()
     trainer = Trainer(
         accelerator="cpu", max_epochs=2, log_every_n_steps=5, logger=TensorBoardLogger(folder, name="", version=0),
@@ -206,10 +224,10 @@ def logged_run(folder, module_class) -> tuple[dict, list, dict, dict]:
     events.Reload()
     scalars = {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
     metrics = {k: v.item() for k, v in trainer.callback_metrics.items()}
-    return scalars, bar.shown, metrics, torch.load(folder / "last.ckpt", weights_only=True)["state_dict"]
+    return scalars, bar.shown, metrics, torch.load(folder / "last.ckpt", weights_only=False)["state_dict"]  # partial
 
 
-def test_logging_only_the_steps_that_are_seen_logs_shows_and_saves_what_logging_every_step_did(tmp_path):
+def test_logging_only_what_is_seen_logs_shows_and_saves_what_logging_every_step_did(tmp_path):
     cheap = logged_run(tmp_path / "cheap", FashionMNISTClassifier)
     every = logged_run(tmp_path / "every", EveryStepLogging)
     scalars, shown, metrics, state = cheap
@@ -217,5 +235,6 @@ def test_logging_only_the_steps_that_are_seen_logs_shows_and_saves_what_logging_
     assert [step for step, _ in scalars["train/loss_step"]] == [4, 9, 14, 19, 24, 29, 34, 39]  # every 5th step
     assert len(scalars["train/loss_epoch"]) == len(scalars["train/acc"]) == 2
     assert shown == every[1] and len(shown) == 2 * 8 and all("train/loss_step" in m for _, m in shown)
-    assert metrics == every[2] and {"train/loss", "train/loss_epoch", "train/acc", "val/acc"} <= metrics.keys()
+    assert metrics == every[2] and {"train/loss", "train/loss_epoch", "train/acc", "val/f1"} <= metrics.keys()
+    assert len(scalars["val/acc"]) == len(scalars["val/f1"]) == len(scalars["val/acc_best"]) == 2
     assert state.keys() == every[3].keys() and all(torch.equal(state[k], every[3][k]) for k in state)
