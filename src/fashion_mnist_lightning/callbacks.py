@@ -1,9 +1,11 @@
 """Callbacks that observe training for any logger: confusion matrix, sample predictions, run summary, and the
 CSV writer behind ``predict``.
 
-Drawing lives in figures.py. A figure goes through the logger's own image API where it has one (TensorBoard
-``add_figure``, MLflow ``log_figure``); for other loggers (CSV) it is a PNG under ``<run>/figures/``. Every
-process runs the hooks (a metric's ``compute()`` syncs under DDP); only rank 0 draws and writes.
+Drawing lives in figures.py: the images of every validation epoch are drawn with numpy and Pillow (a few
+milliseconds), the test PNGs in the run folder with matplotlib. An image goes through the logger's own image API
+where it has one (TensorBoard ``add_image``, MLflow ``log_image``); for other loggers (CSV) it is a PNG under
+``<run>/figures/``. Every process runs the hooks (a metric's ``compute()`` syncs under DDP); only rank 0 draws and
+writes.
 """
 
 import csv
@@ -17,10 +19,10 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter, Callback
 from lightning.pytorch.loggers import TensorBoardLogger
-from matplotlib.figure import Figure
+from PIL import Image
 from torchmetrics.classification import MulticlassConfusionMatrix
 
-from fashion_mnist_lightning.figures import confusion_figure, prediction_grid
+from fashion_mnist_lightning.figures import confusion_figure, confusion_image, prediction_grid_image
 from fashion_mnist_lightning.runs.checkpoint_io import atomic_write, atomic_write_text
 from fashion_mnist_lightning.runs.folders import run_dir
 
@@ -30,26 +32,26 @@ def metric_key(class_name: str) -> str:
     return class_name.replace("/", "_").replace(" ", "_")
 
 
-def log_figure(trainer: L.Trainer, tag: str, figure: Figure) -> None:
-    """Hand a matplotlib figure to every logger of the run (call on rank 0)."""
+def log_image(trainer: L.Trainer, tag: str, image: np.ndarray) -> None:
+    """Hand an RGB image (H, W, 3) uint8 to every logger of the run (call on rank 0)."""
     step = trainer.global_step
     for logger in trainer.loggers:
         experiment = logger.experiment
-        if hasattr(experiment, "add_figure"):  # TensorBoard's SummaryWriter
-            experiment.add_figure(tag, figure, global_step=step, close=False)
-        elif hasattr(experiment, "log_figure") and getattr(logger, "run_id", None):  # MLflow
-            experiment.log_figure(logger.run_id, figure, f"{tag}/step_{step:06d}.png")
+        if hasattr(experiment, "add_image"):  # TensorBoard's SummaryWriter
+            experiment.add_image(tag, image, global_step=step, dataformats="HWC")
+        elif hasattr(experiment, "log_image") and getattr(logger, "run_id", None):  # MLflow
+            experiment.log_image(logger.run_id, image, f"{tag}/step_{step:06d}.png")
         else:
             path = run_dir(trainer) / "figures" / f"{tag.replace('/', '_')}_step{step:06d}.png"
-            atomic_write(path, lambda f: figure.savefig(f, format="png", dpi=110))
+            atomic_write(path, lambda f: Image.fromarray(image).save(f, format="PNG"))
 
 
 class ConfusionMatrixLogger(Callback):
     """Keeps its own confusion matrix of the validation and test predictions (the ``preds`` the steps return).
 
-    Each validation epoch: the matrix as a figure and the per-class accuracies ``val/acc_class/<class>``.
+    Each validation epoch: the matrix as an image and the per-class accuracies ``val/acc_class/<class>``.
     At test: the same as ``test/...``, plus ``confusion_matrix_test.{png,csv}`` and the row-normalised PNG in
-    the run folder.
+    the run folder (matplotlib figures: drawn once a test, so their cost does not matter).
     """
 
     def __init__(self):
@@ -75,22 +77,22 @@ class ConfusionMatrixLogger(Callback):
             self._publish(trainer, pl_module, "val")
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        matrix, counts = self._publish(trainer, pl_module, "test")
+        matrix = self._publish(trainer, pl_module, "test")
         self.test_images = int(matrix.sum())
         if trainer.is_global_zero:
-            out_dir = run_dir(trainer)
+            out_dir, names = run_dir(trainer), pl_module.class_names
+            counts = confusion_figure(matrix, names, title=f"test ({self.test_images} images)")
             normalized = confusion_figure(
-                matrix, pl_module.class_names, normalize=True, title=f"test ({self.test_images} images), row-normalised"
+                matrix, names, normalize=True, title=f"test ({self.test_images} images), row-normalised"
             )
             atomic_write_text(out_dir / "confusion_matrix_test.csv", matrix_csv(matrix))
             pngs = {"confusion_matrix_test.png": counts, "confusion_matrix_test_normalized.png": normalized}
             for name, figure in pngs.items():
                 atomic_write(out_dir / name, lambda f, figure=figure: figure.savefig(f, format="png", dpi=110))
 
-    def _publish(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> tuple[np.ndarray, Figure]:
-        """Per-class accuracies and the counts figure to the loggers; returns the matrix and that figure."""
+    def _publish(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> np.ndarray:
+        """Per-class accuracies and the counts image to the loggers; returns the matrix."""
         matrix = self.confusion.compute().cpu().numpy()  # every process: compute() syncs under DDP
-        figure = None
         if trainer.is_global_zero:
             per_class = np.diag(matrix) / np.maximum(matrix.sum(axis=1), 1)
             names = pl_module.class_names
@@ -100,9 +102,8 @@ class ConfusionMatrixLogger(Callback):
             title = (
                 f"validation, epoch {trainer.current_epoch}" if stage == "val" else f"test ({int(matrix.sum())} images)"
             )
-            figure = confusion_figure(matrix, names, title=title)
-            log_figure(trainer, f"{stage}/confusion_matrix", figure)
-        return matrix, figure
+            log_image(trainer, f"{stage}/confusion_matrix", confusion_image(matrix, names, title))
+        return matrix
 
 
 def matrix_csv(matrix: np.ndarray) -> str:
@@ -134,8 +135,8 @@ class SamplePredictionsLogger(Callback):
             return
         images, labels, predicted, confidence = self._sample
         title = f"validation, epoch {trainer.current_epoch}: {int((predicted == labels).sum())}/{len(labels)} right"
-        figure = prediction_grid(images, labels, predicted, confidence, pl_module.class_names, self.columns, title)
-        log_figure(trainer, "val/sample_predictions", figure)
+        image = prediction_grid_image(images, labels, predicted, confidence, pl_module.class_names, self.columns, title)
+        log_image(trainer, "val/sample_predictions", image)
         self._sample = None
 
 
