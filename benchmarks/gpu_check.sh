@@ -2,7 +2,9 @@
 # The GPU recipes on a GPU, in one go: configs/gpu.yaml, the strong recipe on one GPU, and configs/gpu_ddp.yaml on
 # every visible GPU when there are several. For each it prints the wall time (start-up and compile included), the
 # time per epoch after the first (the first pays torch.compile), the test accuracy, the peak GPU memory and whether
-# torch.compile and bf16 were active (seen from inside the network's forward, not read from the config).
+# torch.compile and bf16 were active (seen from inside the network's forward, not read from the config). Then the
+# template against its own step run bare on the device (benchmarks/bare_step.py, 3 epochs of gpu and strong): the
+# seconds per epoch of each and their ratio, what the framework costs where a step takes well under a millisecond.
 #
 #   make install && benchmarks/gpu_check.sh           # from the checkout, on the GPU machine (about 10 minutes
 #                                                     # on one modern GPU: an estimate, it has not run on one yet)
@@ -53,9 +55,20 @@ for run in "${runs[@]}"; do
   echo "$start $end" > "$out/$run/wall.txt"
 done
 
+# the same recipes' step run bare on the same device (benchmarks/bare_step.py: the objects `fashion-mnist fit` builds,
+# in a plain loop), 3 epochs each: what the template costs over its own step there
+for run in gpu strong; do
+  # shellcheck disable=SC2086  # the flags are words on purpose
+  (cd "$out/$run" && PYTHONPATH="$root/benchmarks${PYTHONPATH:+:$PYTHONPATH}" "$python" "$root/benchmarks/bare_step.py" \
+    ${flags[$run]} --data.data_dir "$root/data" --trainer.max_epochs 3 "$@" \
+    --trainer.logger.init_args.save_dir "$out/$run/bare") > "$out/$run/bare.jsonl" 2> "$out/$run/bare.log" \
+    || { tail -n 5 "$out/$run/bare.log" >&2; echo "gpu_check: $run's bare step failed; see $out/$run/bare.log" >&2; exit 1; }
+done
+
 "$python" - "$out" "${runs[@]}" <<'EOF'
 import json, sys
 from pathlib import Path
+from statistics import median
 
 out, runs = Path(sys.argv[1]), sys.argv[2:]
 print(f"\n{'run':8} {'devices':>9} {'wall':>8} {'epoch':>8} {'test acc':>9} {'peak mem':>9} {'compile':>8} {'bf16':>5}")
@@ -71,4 +84,11 @@ for run in runs:
         f"{'yes' if stats['compiled'] else 'no':>8} {'yes' if stats['logits_dtype'] == 'bfloat16' else 'no':>5}"
     )
 print("epoch: mean seconds per epoch after the first (validation included); peak mem: rank 0's CUDA allocator")
+
+print("\nthe template against its own step run bare on the same device (median seconds per epoch after the first):")
+for run in ("gpu", "strong"):
+    template = json.loads((out / run / "stats.json").read_text())["epoch_s"]
+    bare = [r["epoch_s"] for r in map(json.loads, (out / run / "bare.jsonl").read_text().splitlines())]
+    template_s, bare_s = median(template[1:] or template), median(bare[1:] or bare)
+    print(f"own step: {run:8} template {template_s:7.3f}s  bare {bare_s:7.3f}s  template/bare {template_s / bare_s:.3f}x")
 EOF

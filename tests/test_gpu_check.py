@@ -1,5 +1,6 @@
 """benchmarks/gpu_check.sh, run on the CPU as the GPU machine will run it (the tests' only change: the accelerator
-and tiny limits), with the DDP run forced on: every run finishes and the table reports what each one did."""
+and tiny limits), with the DDP run forced on: every run finishes, the table reports what each one did, and the
+template's epoch is set against its own step run bare."""
 
 import copy
 import os
@@ -43,6 +44,12 @@ def test_the_gpu_check_runs_every_recipe_up_to_the_device_and_prints_what_it_mea
         assert compiled == "yes", rows[name]  # every GPU run compiles its network, and it ran compiled
         run = tmp_path / "check" / name / "lightning_logs/version_0"
         assert (run / "checkpoints/last.ckpt").is_file() and (run / "config.yaml").is_file()
+    own = {line.split()[2]: line.split() for line in output.splitlines() if line.startswith("own step: ")}
+    assert set(own) == {"gpu", "strong"}, output[-3000:]  # the template against its own bare step, each recipe
+    for name, (*_, template, _, bare, _, ratio) in own.items():
+        seconds = float(template.rstrip("s")), float(bare.rstrip("s"))
+        assert min(seconds) > 0 and float(ratio.rstrip("x")) == pytest.approx(seconds[0] / seconds[1], rel=0.01)
+        assert len((tmp_path / "check" / name / "bare.jsonl").read_text().splitlines()) == 2  # one line per epoch
     assert not (tmp_path / "lightning_logs").exists()  # the runs stay in GPU_CHECK_DIR
 
     before = {p: p.read_bytes() for p in (tmp_path / "check").rglob("*") if p.is_file()}
