@@ -205,7 +205,7 @@ def second_epoch(rows: list[dict]) -> dict:
 def own_step(args, logs: Path, log: Path) -> dict:
     """Template, bare and floor on each recipe, interleaved (the order turned around every repetition)."""
     result = {}
-    for recipe in RECIPES:
+    for recipe in args.recipes:
         paths = ["template", "bare", "floor"]
         times = {p: [] for p in paths}
         for rep in range(args.reps):
@@ -234,8 +234,8 @@ def short_action(action: str) -> str:
 
 def where_the_time_goes(logs: Path, log: Path, recipe: str = "default") -> dict:
     """The template and the floor under Lightning's SimpleProfiler (2 epochs): every action's seconds per epoch
-    in each, and the difference, largest first; the set-up done once (per "once") after the rest. The profiler adds
-    a few microseconds to every action it times."""
+    in each (its calls per epoch x a call's median), and the difference, largest first; the set-up done once
+    (per "once") after the rest. The profiler adds a few microseconds to every action it times."""
     profiles = {}
     for path in ("template", "floor"):
         rows = own_step_runs(recipe, path, logs, log, "--trainer.profiler=simple", f"--trainer.max_epochs={EPOCHS}")
@@ -243,9 +243,9 @@ def where_the_time_goes(logs: Path, log: Path, recipe: str = "default") -> dict:
     epochs, steps = EPOCHS, profiles["floor"]["run_training_batch"][0]  # the training steps of the run
     table = {}
     for path, profile in profiles.items():
-        for action, (calls, seconds) in profile.items():
+        for action, (calls, _, median) in profile.items():  # a call's median: one slow first call is not an epoch's
             row = table.setdefault(short_action(action), {"calls": 0, "template": 0.0, "floor": 0.0})
-            row[path] += seconds / epochs
+            row[path] += median * calls / epochs
             row["calls"] = max(row["calls"], calls)
     for row in table.values():
         row["extra"] = row["template"] - row["floor"]
@@ -435,6 +435,10 @@ def main() -> None:
         "results go to benchmarks/results/smoke/, not over the real ones",
     )
     p.add_argument(
+        "--recipes", nargs="+", choices=list(RECIPES), default=list(RECIPES), help="the recipes run against their own "
+        "bare step (default: all)",
+    )  # fmt: skip
+    p.add_argument(
         "--own-step-only",
         action="store_true",
         help="only the template against its own bare step and Lightning's floor, and where the time goes",
@@ -517,7 +521,7 @@ def own_step_markdown(r: dict) -> str:
         "bare": "its own step, bare (`benchmarks/bare_step.py`)",
         "floor": "Lightning's floor (`bare_step.py --floor`: the step alone in a LightningModule)",
     }
-    for recipe in RECIPES:
+    for recipe in (recipe for recipe in RECIPES if recipe in r):
         median = r[recipe]["median"]
         bare = median["bare"]
         for path, label in labels.items():

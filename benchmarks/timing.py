@@ -6,11 +6,12 @@ on_train_epoch_start to the next (the training batches, validation, the epoch-en
 logs), as benchmarks/bare_step.py times its own; the last epoch has none. Time to first step: from the
 launch of the process (BENCH_T0, set by the parent) to the first training batch. Predict: images per second.
 With --trainer.profiler=simple, the end of fit also writes Lightning's SimpleProfiler records: {action: [calls,
-seconds]}.
+seconds, median seconds of a call]}.
 """
 
 import json
 import os
+import statistics
 import time
 
 from lightning.pytorch.callbacks import Callback
@@ -22,9 +23,12 @@ def emit(record: dict) -> None:
 
 
 def profiled(trainer) -> dict[str, list] | None:
-    """{action: [calls, seconds]} of the trainer's SimpleProfiler so far, or None without one."""
+    """{action: [calls, seconds in all, median seconds of a call]} of the trainer's SimpleProfiler so far, or None
+    without one."""
     durations = getattr(trainer.profiler, "recorded_durations", None)
-    return None if durations is None else {action: [len(d), sum(d)] for action, d in durations.items()}
+    if durations is None:
+        return None
+    return {action: [len(d), sum(d), statistics.median(d)] for action, d in durations.items()}
 
 
 class BenchTimer(Callback):
