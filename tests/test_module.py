@@ -188,20 +188,25 @@ class EveryStepLogging(FashionMNISTClassifier):
 
 
 class BarRecorder(Callback):
-    """What the progress bar shows at each of its refreshes (it refreshes in its own on_train_batch_end, before)."""
+    """What the progress bar shows at each of its refreshes (it refreshes in its own on_train_batch_end, before),
+    and a checkpoint in the middle of the second epoch (as a signal's is written)."""
 
-    def __init__(self):
+    def __init__(self, folder):
         self.shown: list[tuple[int, dict]] = []
+        self.folder = folder
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         bar = trainer.progress_bar_callback
         if (batch_idx + 1) % bar.refresh_rate == 0 or batch_idx + 1 == trainer.num_training_batches:
             self.shown.append((trainer.global_step, dict(bar.get_metrics(trainer, pl_module))))
+        if trainer.global_step == 35:
+            trainer.save_checkpoint(self.folder / "middle.ckpt")
 
 
-def logged_run(folder, module_class) -> tuple[dict, list, dict, dict]:
+def logged_run(folder, module_class) -> tuple[dict, list, dict, list[dict]]:
     """Two epochs of 22 batches (the last one partial) logged every 5 steps, the bar refreshed every 3: the
-    TensorBoard scalars, what the bar showed, the end's callback metrics and the last checkpoint's state."""
+    TensorBoard scalars, what the bar showed, the end's callback metrics and the states of a checkpoint inside the
+    second epoch and of the last one."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     seed_everything(0)
@@ -213,7 +218,7 @@ def logged_run(folder, module_class) -> tuple[dict, list, dict, dict]:
         optimizer=partial(torch.optim.SGD, lr=0.05, momentum=0.9),
         metrics={"f1": partial(MulticlassF1Score, average="macro")},
     )
-    bar = BarRecorder()
+    bar = BarRecorder(folder)
     trainer = Trainer(
         accelerator="cpu", max_epochs=2, log_every_n_steps=5, logger=TensorBoardLogger(folder, name="", version=0),
         callbacks=[TQDMProgressBar(refresh_rate=3), bar, ModelCheckpoint(folder, filename="last")],
@@ -224,17 +229,20 @@ def logged_run(folder, module_class) -> tuple[dict, list, dict, dict]:
     events.Reload()
     scalars = {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
     metrics = {k: v.item() for k, v in trainer.callback_metrics.items()}
-    return scalars, bar.shown, metrics, torch.load(folder / "last.ckpt", weights_only=False)["state_dict"]  # partial
+    states = [torch.load(folder / name, weights_only=False)["state_dict"] for name in ("middle.ckpt", "last.ckpt")]
+    return scalars, bar.shown, metrics, states  # (weights_only=False: the metrics' partial in the hparams)
 
 
 def test_logging_only_what_is_seen_logs_shows_and_saves_what_logging_every_step_did(tmp_path):
     cheap = logged_run(tmp_path / "cheap", FashionMNISTClassifier)
     every = logged_run(tmp_path / "every", EveryStepLogging)
-    scalars, shown, metrics, state = cheap
+    scalars, shown, metrics, states = cheap
     assert scalars == every[0]  # every key, step and value
     assert [step for step, _ in scalars["train/loss_step"]] == [4, 9, 14, 19, 24, 29, 34, 39]  # every 5th step
     assert len(scalars["train/loss_epoch"]) == len(scalars["train/acc"]) == 2
     assert shown == every[1] and len(shown) == 2 * 8 and all("train/loss_step" in m for _, m in shown)
     assert metrics == every[2] and {"train/loss", "train/loss_epoch", "train/acc", "val/f1"} <= metrics.keys()
     assert len(scalars["val/acc"]) == len(scalars["val/f1"]) == len(scalars["val/acc_best"]) == 2
-    assert state.keys() == every[3].keys() and all(torch.equal(state[k], every[3][k]) for k in state)
+    for state, expected in zip(states, every[3]):  # a checkpoint inside an epoch and at its end
+        assert state.keys() == expected.keys() and all(torch.equal(state[k], expected[k]) for k in state)
+    assert states[0]["train_acc.tp"] + states[0]["train_acc.fn"] == 13 * 32  # the second epoch's 13 steps so far
