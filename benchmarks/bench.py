@@ -215,12 +215,12 @@ def own_step(args, logs: Path, log: Path) -> dict:
                 print(f"rep {rep + 1}/{args.reps} {recipe:7s} {path:8s} train {t['train_s']:.2f} s, "
                       f"whole epoch {t['whole_s']:.2f} s", flush=True)  # fmt: skip
         median = {p: {k: statistics.median(t[k] for t in v) for k in ("train_s", "whole_s")} for p, v in times.items()}
-        result[recipe] = {
-            "runs": times,
-            "median": median,
-            "template_over_bare": {k: median["template"][k] / median["bare"][k] for k in ("train_s", "whole_s")},
-            "floor_over_bare": {k: median["floor"][k] / median["bare"][k] for k in ("train_s", "whole_s")},
-        }
+        result[recipe] = {"runs": times, "median": median}
+        for a, b in (("template", "bare"), ("floor", "bare"), ("template", "floor")):  # runs side by side share
+            # the VM's drift (its speed wanders by 10-20 % within minutes): the median of each repetition's ratio
+            result[recipe][f"{a}_over_{b}"] = {
+                k: statistics.median(x[k] / y[k] for x, y in zip(times[a], times[b])) for k in ("train_s", "whole_s")
+            }
     return result
 
 
@@ -233,20 +233,23 @@ def short_action(action: str) -> str:
 
 
 def where_the_time_goes(logs: Path, log: Path, recipe: str = "default") -> dict:
-    """The template and the floor under Lightning's SimpleProfiler (2 epochs): every action's seconds per epoch
-    in each (its calls per epoch x a call's median), and the difference, largest first; the set-up done once
-    (per "once") after the rest. The profiler adds a few microseconds to every action it times."""
-    profiles = {}
-    for path in ("template", "floor"):
+    """The template and the floor under Lightning's SimpleProfiler (2 epochs), two runs each in the order template,
+    floor, floor, template: every action's seconds per epoch in each (its calls per epoch x a call's median, the
+    mean of the two runs), and the difference, largest first; the set-up done once (per "once") after the rest.
+    `[Strategy]Strategy.backward` does the same work on both sides: its difference is this table's noise (the VM's
+    drift between runs). The profiler adds a few microseconds to every action it times."""
+    profiles: dict[str, list[dict]] = {"template": [], "floor": []}
+    for path in ("template", "floor", "floor", "template"):
         rows = own_step_runs(recipe, path, logs, log, "--trainer.profiler=simple", f"--trainer.max_epochs={EPOCHS}")
-        profiles[path] = next(r["profile"] for r in rows if "profile" in r)
-    epochs, steps = EPOCHS, profiles["floor"]["run_training_batch"][0]  # the training steps of the run
+        profiles[path].append(next(r["profile"] for r in rows if "profile" in r))
+    epochs, steps = EPOCHS, profiles["floor"][0]["run_training_batch"][0]  # the training steps of the run
     table = {}
-    for path, profile in profiles.items():
-        for action, (calls, _, median) in profile.items():  # a call's median: one slow first call is not an epoch's
-            row = table.setdefault(short_action(action), {"calls": 0, "template": 0.0, "floor": 0.0})
-            row[path] += median * calls / epochs
-            row["calls"] = max(row["calls"], calls)
+    for path, runs in profiles.items():
+        for profile in runs:
+            for action, (calls, _, median) in profile.items():  # a call's median: a slow first call is not an epoch's
+                row = table.setdefault(short_action(action), {"calls": 0, "template": 0.0, "floor": 0.0})
+                row[path] += median * calls / epochs / len(runs)
+                row["calls"] = max(row["calls"], calls)
     for row in table.values():
         row["extra"] = row["template"] - row["floor"]
         row["per"] = "step" if row["calls"] >= steps else "epoch" if row["calls"] >= epochs else "once"
@@ -517,26 +520,34 @@ def own_step_markdown(r: dict) -> str:
         "| recipe | path | training steps (s) | whole epoch (s) | / bare: steps | / bare: whole epoch |",
         "|---|---|---:|---:|---:|---:|",
     ]
+    ratio = lambda recipe, path, k: 1.0 if path == "bare" else r[recipe][f"{path}_over_bare"][k]  # noqa: E731
     labels = {
         "template": "template (`fashion-mnist fit`: default callbacks, logger, progress bar, checkpoints)",
         "bare": "its own step, bare (`benchmarks/bare_step.py`)",
         "floor": "Lightning's floor (`bare_step.py --floor`: the step alone in a LightningModule)",
     }
-    for recipe in (recipe for recipe in RECIPES if recipe in r):
-        median = r[recipe]["median"]
-        bare = median["bare"]
+    recipes = [recipe for recipe in RECIPES if recipe in r]
+    for recipe in recipes:
         for path, label in labels.items():
-            m = median[path]
+            m = r[recipe]["median"][path]
             lines.append(
                 f"| {recipe} | {label} | {m['train_s']:.2f} | {m['whole_s']:.2f} | "
-                f"{m['train_s'] / bare['train_s']:.3f}x | {m['whole_s'] / bare['whole_s']:.3f}x |"
+                f"{ratio(recipe, path, 'train_s'):.3f}x | {ratio(recipe, path, 'whole_s'):.3f}x |"
             )
+    lines += [
+        "",
+        "Times: medians over the repetitions; ratios: the median of each repetition's ratio (the runs of one "
+        "repetition run side by side and share the VM's drift). Template / floor, whole epoch: "
+        + ", ".join(f"{recipe} {r[recipe]['template_over_floor']['whole_s']:.3f}x" for recipe in recipes)
+        + ".",
+    ]
     where = r["where"]
     lines += [
         "",
         f"Where the template's extra time goes ({where['recipe']} recipe, {where['steps_per_epoch']} steps per epoch; "
-        "Lightning's SimpleProfiler in one run of the template and one of the floor, "
-        f"{where['epochs']} epochs): ms per epoch, largest difference first",
+        "Lightning's SimpleProfiler in two runs of the template and two of the floor, "
+        f"{where['epochs']} epochs each): ms per epoch, largest difference first; `[Strategy]Strategy.backward` does "
+        "the same work on both sides, so its difference is this table's noise",
         "",
         "| action (SimpleProfiler) | per | template | floor | extra |",
         "|---|---|---:|---:|---:|",
