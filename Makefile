@@ -82,7 +82,7 @@ dashboard: PORT = 8080
 dashboard: $(INSTALLED) ## serve Optuna's dashboard for SWEEP's study on localhost (PORT=8080)
 	$(BIN)/fashion-mnist sweep --config $(SWEEP) --dashboard $(PORT) $(ARGS)
 
-bench: $(INSTALLED) $(DATA) ## time template vs raw loop vs seed loop vs peer path, interleaved -> benchmarks/results/
+bench: $(INSTALLED) $(DATA) ## time the template vs its own bare step and Lightning's floor, vs raw/seed loops and the peer path -> benchmarks/results/
 	$(PY) benchmarks/bench.py --make-train $(ARGS)
 
 crosscheck: $(INSTALLED) $(DATA) ## NumPy reference vs torch on the 10k test images (CKPT=path|best|last)
