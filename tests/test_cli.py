@@ -215,6 +215,13 @@ def test_a_mistake_in_fit_is_one_line_exit_2_and_leaves_no_folder(workspace, in_
     assert not (workspace.path / "lightning_logs").exists()
 
 
+def test_a_setting_lightning_refuses_once_the_run_starts_is_one_line_exit_2(workspace, in_process):
+    """base.yaml's LearningRateMonitor needs a logger: Lightning refuses it in on_train_start, after set-up."""
+    result = in_process(f"{FAST} {' '.join(SMALL)} --trainer.logger=false", expect=2)
+    assert "LearningRateMonitor" in result.error and "configs/base.yaml" in result.error
+    assert "Traceback" not in result.output
+
+
 def test_a_run_too_short_for_its_schedule_is_one_line_exit_2_and_leaves_no_folder(workspace):
     """OneCycle with a 10 % warm-up over 10 steps has a one-step phase that torch divides by zero on."""
     result = workspace.run(

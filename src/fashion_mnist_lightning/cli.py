@@ -407,6 +407,10 @@ def main(argv: list[str] | None = None) -> int:
             return fail(err, 2, rank_zero_only.rank)
         except NonFiniteLossError as err:
             return fail(err, 1, rank_zero_only.rank)
+        except MisconfigurationException as err:  # Lightning refuses a setting once the run has started (e.g.
+            # base.yaml's LearningRateMonitor with --trainer.logger=false): its message, one line
+            message = f"trainer: {first_line(err)}; change that flag, or the callbacks configs/base.yaml adds"
+            return fail(message, 2, rank_zero_only.rank)
         except (TrainingInterrupted, Terminated) as err:
             if rank_zero_only.rank == 0:  # under DDP every process stops alike: one line for the user
                 print(f"\nstopped: {err}", file=sys.stderr, flush=True)
