@@ -91,20 +91,20 @@ def main(args: list[str]) -> None:
     )
     model.trainer = stand_in
     model.to(device).configure_model()
-    configured = model.configure_optimizers()
-    optimizer, schedule = (
-        (configured["optimizer"], configured["lr_scheduler"]["scheduler"])
-        if isinstance(configured, dict)
-        else (configured, None)
-    )
     techniques = [c for c in trainer.callbacks if isinstance(c, (DataDependentInit, Lookahead))]
     for callback in techniques:
         callback.on_fit_start(stand_in, model)
     lookahead = [c for c in techniques if isinstance(c, Lookahead)]
     precision, every = str(trainer.precision), trainer.check_val_every_n_epoch or 1
     val = tuple(t[: val_batches * data.eval_batch_size] for t in val)
-    if floor:
+    if floor:  # its Trainer configures the optimizers itself
         return lightning_floor(model, data, trainer, lookahead, (images, labels), val)
+    configured = model.configure_optimizers()
+    optimizer, schedule = (
+        (configured["optimizer"], configured["lr_scheduler"]["scheduler"])
+        if isinstance(configured, dict)
+        else (configured, None)
+    )
 
     record: dict = {}  # the previous epoch's, completed and printed when the next one starts
     for epoch in range(epochs):

@@ -11,8 +11,8 @@ Each repetition runs every path once, in turn, for 2 epochs; the second (steady-
 Then the template against its own step run bare (benchmarks/bare_step.py: the objects `fashion-mnist fit` builds,
 in a plain loop) and against Lightning's floor (`bare_step.py --floor`: the same step in a LightningModule with
 nothing else, a Trainer with everything off), for the default and the strong recipe, 3 epochs each, interleaved;
-the second epoch's training steps and its whole (start to the next epoch's start) are the figures. Then one run
-of each of the template and the floor under Lightning's SimpleProfiler: the table of where the extra time goes.
+the second epoch's training steps and its whole (start to the next epoch's start) are the figures. Then two runs
+of each of the template and the floor under Lightning's SimpleProfiler: the table of what only the template does.
 Also: the data loader alone, time to the first training step, predict throughput and peak memory, the
 NumPy reference's forward over the 10k test images, and a cProfile summary of the template's epoch.
 Writes benchmarks/results/bench.json and bench.md. Fails only on errors, never on a ratio.
